@@ -1,0 +1,122 @@
+"""The ingestion worker: claims queued jobs from the database with a lease and runs the pipeline.
+
+Claims use ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of workers can share the
+queue; SQLite ignores the lock clause and the conditional UPDATE keeps a claim exclusive. A job whose
+lease expired (its worker died) is claimed again; after ``job_max_attempts`` it fails for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingest.pipeline import Pipeline
+from ragsvc.db import Document, DocumentStatus, Job, JobStatus
+from ragsvc.db.models import utcnow
+from ragsvc.errors import IngestError
+from ragsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.pipeline = pipeline
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.stop = threading.Event()
+
+    def claim(self) -> tuple[int, str] | None:
+        """Claim the oldest runnable job; returns (job id, document id) or None."""
+        now = utcnow()
+        lease = timedelta(seconds=self.settings.job_lease_s)
+        with self.sessions() as session, session.begin():
+            job = session.scalars(
+                select(Job)
+                .where(or_(Job.status == JobStatus.QUEUED,
+                           and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)))
+                .order_by(Job.id).limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if job is None:
+                return None
+            if job.attempts >= self.settings.job_max_attempts:
+                reason = (f"Ingestion was attempted {job.attempts} times and the worker stopped each time "
+                          "(crash or kill) before finishing.")
+                job.status, job.error = JobStatus.FAILED, reason
+                session.execute(update(Document).where(Document.id == job.document_id)
+                                .values(status=DocumentStatus.FAILED, error=reason))
+                return None
+            won = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == job.status, Job.attempts == job.attempts)
+                .values(status=JobStatus.RUNNING, lease_owner=self.worker_id,
+                        lease_expires_at=now + lease, attempts=job.attempts + 1)
+            ).rowcount
+            if not won:
+                return None
+            session.execute(update(Document).where(Document.id == job.document_id)
+                            .values(status=DocumentStatus.PROCESSING, error=None))
+            return job.id, job.document_id
+
+    def _heartbeat(self, job_id: int, done: threading.Event) -> None:
+        interval = max(1.0, self.settings.job_lease_s / 3)
+        while not done.wait(interval):
+            try:
+                with self.sessions() as session, session.begin():
+                    session.execute(
+                        update(Job).where(Job.id == job_id, Job.lease_owner == self.worker_id)
+                        .values(lease_expires_at=utcnow() + timedelta(seconds=self.settings.job_lease_s))
+                    )
+            except Exception:  # noqa: BLE001 - a missed beat only risks a re-claim, never data
+                log.exception("heartbeat for job %s failed", job_id)
+
+    def _finish(self, job_id: int, document_id: str, error: str | None) -> None:
+        with self.sessions() as session, session.begin():
+            session.execute(update(Job).where(Job.id == job_id).values(
+                status=JobStatus.FAILED if error else JobStatus.DONE, error=error, lease_expires_at=None))
+            if error:
+                session.execute(update(Document).where(Document.id == document_id)
+                                .values(status=DocumentStatus.FAILED, error=error))
+
+    def run_one(self) -> bool:
+        """Process one job if there is one; returns whether a job was found."""
+        claimed = self.claim()
+        if claimed is None:
+            return False
+        job_id, document_id = claimed
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, done), daemon=True)
+        beat.start()
+        error = None
+        try:
+            self.pipeline.process(document_id)
+        except IngestError as exc:
+            error = exc.detail
+            log.warning("document %s failed: %s", document_id, error)
+        except Exception as exc:  # noqa: BLE001 - the document fails with the reason; the worker goes on
+            error = f"Unexpected error while ingesting ({type(exc).__name__}: {exc})."
+            log.exception("document %s failed unexpectedly", document_id)
+        finally:
+            done.set()
+            beat.join()
+        self._finish(job_id, document_id, error)
+        return True
+
+    def run_forever(self) -> None:
+        log.info("worker %s polling for jobs", self.worker_id)
+        while not self.stop.is_set():
+            try:
+                if self.run_one():
+                    continue
+            except Exception:  # noqa: BLE001 - e.g. the database restarting; retry after a pause
+                log.exception("worker loop error")
+            self.stop.wait(self.settings.worker_poll_s)

@@ -1,0 +1,1 @@
+"""HTTP layer: thin Litestar controllers over the services; errors become RFC 9457 problems."""

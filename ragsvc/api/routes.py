@@ -1,0 +1,106 @@
+"""Controllers: documents, collections, ask, health. Each handler is a few lines over a service."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.datastructures import UploadFile
+from litestar.datastructures.state import State
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from sqlalchemy import text
+
+from ragsvc.api.problems import problem
+from ragsvc.ask import AskRequest, AskService
+from ragsvc.documents import DocumentService, Upload
+
+
+@dataclass
+class AskBody:
+    """Body of ``POST /v1/ask``."""
+
+    question: str
+    mode: Literal["off", "on"] = "off"
+    collection: str = "default"
+    top_k: int | None = None
+    include_reasoning: bool = False
+
+
+class DocumentController(Controller):
+    path = "/v1/documents"
+    tags = ["documents"]
+
+    @post("/", status_code=HTTP_202_ACCEPTED)
+    async def upload(self, request: Request, documents: DocumentService) -> dict:
+        """Upload files (multipart field ``files``, optional field ``collection``); ingestion is queued."""
+        form = await request.form()
+        uploads = []
+        for item in form.getall("files") if "files" in form else []:
+            if isinstance(item, UploadFile):
+                uploads.append(Upload(item.filename or "upload", await item.read()))
+        collection = form.get("collection") or "default"
+        created = await asyncio.to_thread(documents.create, str(collection), uploads)
+        return {"documents": created}
+
+    @get("/", sync_to_thread=True)
+    def list_documents(self, documents: DocumentService, collection: str | None = None) -> dict:
+        return {"documents": documents.list(collection)}
+
+    @get("/{document_id:str}", sync_to_thread=True)
+    def get_document(self, document_id: str, documents: DocumentService) -> dict:
+        return documents.get(document_id)
+
+    @delete("/{document_id:str}", status_code=HTTP_204_NO_CONTENT, sync_to_thread=True)
+    def delete_document(self, document_id: str, documents: DocumentService) -> None:
+        documents.delete(document_id)
+
+
+@get("/v1/collections", sync_to_thread=True, tags=["collections"])
+def list_collections(documents: DocumentService) -> dict:
+    return {"collections": documents.collections()}
+
+
+@post("/v1/ask", status_code=200, tags=["ask"])
+async def ask(data: AskBody, asker: AskService) -> dict:
+    """Answer a question from the collection's documents, with citations."""
+    return await asker.ask(AskRequest(**data.__dict__))
+
+
+@get("/health", tags=["ops"])
+async def health() -> dict:
+    """200 while the process lives."""
+    return {"status": "ok"}
+
+
+@get("/ready", tags=["ops"])
+async def ready(request: Request, state: State) -> Response:
+    """200 once the database, the index store and the engine are ready; 503 naming what is missing."""
+    checks = await asyncio.to_thread(_checks, state)
+    missing = {k: v for k, v in checks.items() if v != "ok"}
+    if missing:
+        return problem(request, 503, "Not ready", "Not ready yet: " + "; ".join(
+            f"{k}: {v}" for k, v in missing.items()), checks=checks, retry_after=5)
+    return Response({"status": "ready", "checks": checks})
+
+
+def _checks(state: State) -> dict[str, str]:
+    checks = {}
+    try:
+        with state.sessions() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        checks["database"] = f"unreachable ({type(exc).__name__})"
+    try:
+        state.index_store.check()
+        checks["index_store"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["index_store"] = str(exc)
+    slot = state.engine
+    checks["engine"] = "ok" if slot.generator else (slot.error or "loading the model")
+    return checks
+
+
+ROUTES = [DocumentController, list_collections, ask, health, ready]

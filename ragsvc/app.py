@@ -1,0 +1,92 @@
+"""The Litestar app factory. Heavy resources start in the lifespan and always close.
+
+Start order: database (migrated by the CLI), embedder and index store (seconds), then the vLLM
+engine in the background (tens of seconds) so ``/health`` answers and ``/ready`` reports progress
+while the model loads. ``ragsvc serve`` also supervises one ingestion worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from litestar import Litestar
+from litestar.datastructures.state import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from ragsvc.api.problems import exception_handlers
+from ragsvc.api.routes import ROUTES
+from ragsvc.ask import AskService
+from ragsvc.db.session import make_engine, make_sessionmaker
+from ragsvc.documents import DocumentService
+from ragsvc.embedder import SentenceTransformerEmbedder
+from ragsvc.generation import EngineSlot, VllmGenerator
+from ragsvc.index_store import IndexStore
+from ragsvc.settings import Settings
+from ragsvc.supervisor import WorkerSupervisor
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        state = app.state
+        db_engine = make_engine(settings.resolved_database_url)
+        state.sessions = make_sessionmaker(db_engine)
+        state.engine = EngineSlot()
+        embedder = await asyncio.to_thread(
+            SentenceTransformerEmbedder, settings.embedding_model, settings.embedding_device,
+            settings.embedding_batch_size)
+        state.index_store = IndexStore(settings.index_dir, embedder.dim)
+        state.documents = DocumentService(settings, state.sessions, state.index_store)
+        state.asker = AskService(settings, state.sessions, embedder, state.index_store, state.engine)
+        supervisor = WorkerSupervisor(settings) if settings.embedded_worker else None
+        if supervisor:
+            supervisor.start()
+        loader = asyncio.create_task(_load_engine(settings, state.engine))
+        try:
+            yield
+        finally:
+            if supervisor:
+                await supervisor.stop()
+            if not loader.done():
+                log.info("waiting for the engine to finish loading before shutting it down")
+            await asyncio.gather(loader, return_exceptions=True)
+            if state.engine.generator:
+                state.engine.generator.close()
+            db_engine.dispose()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        dependencies={
+            "documents": Provide(_documents, sync_to_thread=False),
+            "asker": Provide(_asker, sync_to_thread=False),
+        },
+        exception_handlers=exception_handlers,
+        request_max_body_size=settings.max_upload_mb * 1024 * 1024,
+        openapi_config=OpenAPIConfig(title="ragsvc", version="0.1.0", path="/schema"),
+        state=State({"settings": settings}),
+    )
+
+
+async def _load_engine(settings: Settings, slot: EngineSlot) -> None:
+    try:
+        slot.generator = await asyncio.to_thread(VllmGenerator.start, settings)
+    except Exception as exc:  # noqa: BLE001 - reported on /ready and on every /v1/ask
+        slot.error = f"The language model failed to load: {exc}"
+        log.exception("engine failed to load")
+
+
+def _documents(state: State) -> DocumentService:
+    return state.documents
+
+
+def _asker(state: State) -> AskService:
+    return state.asker

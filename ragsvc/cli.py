@@ -1,0 +1,149 @@
+"""The ``ragsvc`` command: serve, worker, db upgrade, ask.
+
+Settings are built once here, from the environment (``RAGSVC_*``) and the command's flags, and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+
+from ragsvc.settings import Settings
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=os.environ.get("RAGSVC_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ragsvc.app import create_app
+    from ragsvc.db.migrate import upgrade
+
+    if settings.auto_migrate:
+        upgrade(settings.resolved_database_url)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.pipeline import Pipeline
+    from ingest.worker import Worker
+    from ragsvc.db.migrate import upgrade
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.embedder import SentenceTransformerEmbedder
+    from ragsvc.index_store import IndexStore
+
+    if settings.auto_migrate:
+        upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.embedding_device,
+                                           settings.embedding_batch_size)
+    store = IndexStore(settings.index_dir, embedder.dim)
+    worker = Worker(settings, sessions, Pipeline(sessions, embedder, store, settings.chunk_tokens))
+
+    def _stop(signum, _frame):  # noqa: ANN001
+        logging.getLogger(__name__).info("signal %s: finishing the current job, then stopping", signum)
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        if args.once:
+            while worker.run_one():
+                pass
+        else:
+            worker.run_forever()
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from ragsvc.db.migrate import current_revision, upgrade
+
+    url = settings.resolved_database_url
+    if args.db_command == "upgrade":
+        upgrade(url, args.revision)
+    print(f"database at revision {current_revision(url)}")
+    return 0
+
+
+def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask a running service (``--url``) and print the answer with its sources."""
+    body = {"question": args.question, "mode": args.mode, "collection": args.collection}
+    req = urllib.request.Request(args.url.rstrip("/") + "/v1/ask", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=900) as resp:
+            result = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(json.load(exc).get("detail", exc), file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"cannot reach ragsvc at {args.url}: {exc.reason}; is `ragsvc serve` running?", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(result["answer"])
+    for c in result["citations"]:
+        page = f", page {c['page']}" if c["page"] else ""
+        print(f"  [{c['n']}] {c['filename']}{page}{' (inferred)' if c.get('inferred') else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragsvc", description="Question answering over your own documents.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the API with an ingestion worker and the vLLM engine")
+    s.add_argument("--host", help="listen address (RAGSVC_HOST)")
+    s.add_argument("--port", type=int, help="listen port (RAGSVC_PORT)")
+    s.add_argument("--no-worker", action="store_true", help="do not start the embedded ingestion worker")
+    s.set_defaults(func=cmd_serve)
+    w = sub.add_parser("worker", help="run an ingestion worker on the database job queue")
+    w.add_argument("--once", action="store_true", help="process the queued jobs, then exit")
+    w.set_defaults(func=cmd_worker)
+    d = sub.add_parser("db", help="database schema")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+    up = dsub.add_parser("upgrade", help="apply migrations (default: to the newest)")
+    up.add_argument("revision", nargs="?", default="head")
+    dsub.add_parser("current", help="print the current revision")
+    d.set_defaults(func=cmd_db)
+    a = sub.add_parser("ask", help="ask a running service a question")
+    a.add_argument("question")
+    a.add_argument("--mode", choices=["off", "on"], default="off")
+    a.add_argument("--collection", default="default")
+    a.add_argument("--url", default="http://127.0.0.1:8000")
+    a.add_argument("--json", action="store_true", help="print the whole JSON response")
+    a.set_defaults(func=cmd_ask)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    if getattr(args, "no_worker", False):
+        overrides["embedded_worker"] = False
+    _setup_logging()
+    settings = Settings(**overrides)
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

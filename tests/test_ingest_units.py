@@ -1,0 +1,120 @@
+"""Parsing, chunking and the index store, on real files, the real embedder and real FAISS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ingest.chunker import Chunker
+from ingest.parsers import glued_share, parse, parse_markdown, parse_pdf, parse_text
+from ragsvc.embedder import SentenceTransformerEmbedder
+from ragsvc.errors import ParseError, UnsupportedMediaType
+from ragsvc.filetypes import detect_kind
+from ragsvc.index_store import IndexStore
+from tests.docmaker import FACT_PAGES, MARKDOWN_DOC, make_image_only_pdf, make_pdf
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
+
+
+def test_pdf_pages_keep_numbers_and_text():
+    doc = parse_pdf(make_pdf(FACT_PAGES))
+    assert doc.pages == 3
+    assert [b.page for b in doc.blocks] == [1, 2, 3]
+    assert "painted bright orange" in doc.blocks[1].text
+    assert doc.glued_word_ratio == 0.0
+    for b in doc.blocks:  # block offsets point into the full text
+        assert doc.full_text[b.start:b.start + len(b.text)] == b.text
+
+
+def test_pdf_with_empty_password_opens():
+    doc = parse_pdf(make_pdf(["Open to all readers."], password=""))
+    assert "Open to all readers" in doc.full_text
+
+
+@pytest.mark.parametrize("data, reason", [
+    (make_pdf(["Secret."], password="hunter2"), "password"),
+    (make_image_only_pdf(), "no text layer"),
+    (b"%PDF-1.7 garbage", "not a readable pdf"),
+])
+def test_pdf_failures_say_why(data, reason):
+    with pytest.raises(ParseError) as err:
+        parse_pdf(data)
+    assert reason in err.value.detail.lower()
+
+
+def test_glued_share_counts_long_words():
+    assert glued_share("Thedirectorycontainsamongotherthings one sub") == (1, 3)
+
+
+def test_markdown_heading_paths():
+    doc = parse_markdown(MARKDOWN_DOC.encode())
+    paths = {b.heading_path for b in doc.blocks}
+    assert paths == {"Garden handbook", "Garden handbook > Watering", "Garden handbook > Compost"}
+
+
+def test_text_must_be_utf8():
+    with pytest.raises(ParseError, match="UTF-8"):
+        parse_text(b"caf\xe9 au lait")
+
+
+@pytest.mark.parametrize("name, data, kind", [
+    ("a.pdf", b"%PDF-1.4 ...", "pdf"),
+    ("no-extension", b"%PDF-1.4 ...", "pdf"),
+    ("notes.md", b"# Title\ntext", "markdown"),
+    ("notes.txt", "plain text \u00e9".encode(), "text"),
+])
+def test_detect_kind(name, data, kind):
+    assert detect_kind(name, data) == kind
+
+
+@pytest.mark.parametrize("name, data", [("x.txt", b"\x89PNG\r\n\x1a\n"), ("x.docx", b"hello"), ("x.bin", b"\x00\x01")])
+def test_detect_kind_refuses(name, data):
+    with pytest.raises(UnsupportedMediaType):
+        detect_kind(name, data)
+
+
+def test_chunks_never_exceed_the_model_limit_and_are_exact_slices(embedder):
+    sentence = "The quick survey of harbour cranes measured lifting capacity and reach in detail. "
+    long_run = "x" * 3 + " " + " ".join(f"token{i}" for i in range(900))  # one 'sentence' of ~2000 tokens
+    pages = [sentence * 40, long_run, "Short last page."]
+    doc = parse("pdf", make_pdf(pages))
+    chunker = Chunker(embedder, chunk_tokens=200)
+    chunks = chunker.chunk(doc)
+    assert len(chunks) > 5
+    counts = embedder.count_tokens([c.embedding_input() for c in chunks])
+    assert max(counts) <= embedder.max_tokens  # nothing silently truncated
+    assert counts == [c.token_count for c in chunks]
+    for c in chunks:
+        assert doc.full_text[c.char_start:c.char_end] == c.text
+    assert {c.page for c in chunks} == {1, 2, 3}
+    # Every word of the over-long page survives chunking.
+    page2 = " ".join(c.text for c in chunks if c.page == 2)
+    assert "token0" in page2 and "token899" in page2
+    # Sentences are not cut: every page-1 chunk ends at a sentence end.
+    assert all(c.text.endswith(".") for c in chunks if c.page == 1)
+
+
+def test_markdown_chunks_start_at_headings(embedder):
+    doc = parse_markdown(MARKDOWN_DOC.encode())
+    chunks = Chunker(embedder, 200).chunk(doc)
+    watering = [c for c in chunks if c.heading_path.endswith("Watering")]
+    assert watering and watering[0].text.startswith("## Watering")
+
+
+def test_index_store_add_search_remove_and_reload(tmp_path, embedder):
+    writer = IndexStore(tmp_path, embedder.dim)
+    reader = IndexStore(tmp_path, embedder.dim)  # another process's view (the API)
+    texts = ["otters eat fish", "the bridge is orange", "reactors make power"]
+    writer.add("c1", [10, 11, 12], embedder.embed(texts))
+    hits = reader.search("c1", embedder.embed(["what colour is the bridge"])[0], 2)
+    assert hits[0][0] == 11 and hits[0][1] > hits[1][1]
+    writer.add("c1", [11], embedder.embed(["bridges are painted red"]))  # re-add replaces, no duplicate
+    assert reader.size("c1") == 3
+    assert writer.remove("c1", [11]) == 1
+    assert 11 not in [i for i, _ in reader.search("c1", embedder.embed(["bridge"])[0], 3)]
+    assert reader.search("missing", np.zeros(embedder.dim, dtype=np.float32), 3) == []
+    writer.drop("c1")
+    assert reader.size("c1") == 0
