@@ -72,7 +72,8 @@ class AskService:
             coll = session.scalar(select(Collection).where(Collection.name == req.collection))
             if coll is None:
                 raise NotFound(f"There is no collection named {req.collection!r}; upload a document to create it.")
-            return retrieve(session, self.embedder, self.store, coll.id, req.question.strip(), k)
+            return retrieve(session, self.embedder, self.store, coll.id, req.question.strip(), k,
+                            self.settings.relative_score_cut)
 
     async def ask(self, req: AskRequest) -> dict:
         k = self.validate(req)
@@ -88,7 +89,8 @@ class AskService:
                              "timings": {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
                                          "total_ms": _ms(t0, time.perf_counter())}}
         profile = profile_for(generator.model_name, self.settings.llm_prompt_profile)
-        block = format_passages([(i, p.label, p.text) for i, p in enumerate(passages, 1)])
+        # PDF line wraps carry no meaning; collapsed whitespace reads better to the model and costs fewer tokens.
+        block = format_passages([(i, p.label, " ".join(p.text.split())) for i, p in enumerate(passages, 1)])
         messages, prefill = build_messages(profile, req.mode, req.question.strip(), block)
         plan = mode_plan(profile, req.mode, self.settings.max_tokens_off, self.settings.max_tokens_on)
         gen = await generator.complete(messages, prefill, plan)

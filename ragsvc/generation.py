@@ -74,12 +74,14 @@ class VllmGenerator:
         name, path = resolve_model(settings)
         max_len = settings.llm_max_model_len or (131072 if "nemotron" in name.lower() else 4096)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        on_gpu = cuda_available()
+        dtype = settings.llm_dtype if settings.llm_dtype != "auto" else ("bfloat16" if on_gpu else "float32")
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
             args = AsyncEngineArgs(
-                model=path, served_model_name=[name], dtype=settings.llm_dtype, max_model_len=max_len,
+                model=path, served_model_name=[name], dtype=dtype, max_model_len=max_len,
                 enforce_eager=settings.llm_enforce_eager,
                 gpu_memory_utilization=settings.llm_gpu_memory_utilization,
             )

@@ -37,7 +37,8 @@ class Passage:
 
 
 def retrieve(
-    session: Session, embedder: Embedder, store: IndexStore, collection_id: str, question: str, k: int
+    session: Session, embedder: Embedder, store: IndexStore, collection_id: str, question: str, k: int,
+    relative_cut: float = 0.0,
 ) -> list[Passage]:
     query = embedder.embed([question])[0]
     # Ask FAISS for a few more than k: some hits may belong to deleted or unfinished documents.
@@ -56,4 +57,7 @@ def retrieve(
         for c, filename in rows
     ]
     passages.sort(key=lambda p: -p.score)
+    if passages and relative_cut > 0 and passages[0].score > 0:
+        floor = passages[0].score * relative_cut
+        passages = [p for p in passages if p.score >= floor]
     return passages[:k]

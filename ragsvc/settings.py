@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # --- retrieval ----------------------------------------------------------------
     top_k: int = Field(5, description="Passages retrieved per question when the request gives no `top_k`.")
     max_top_k: int = Field(50, description="Largest `top_k` a request may ask for.")
+    relative_score_cut: float = Field(
+        0.5,
+        description="Passages whose similarity is under this fraction of the best passage's are left out "
+        "of the prompt (irrelevant passages mislead small models); 0 keeps all `top_k`.",
+    )
 
     # --- generation ---------------------------------------------------------------
     llm_model: str = Field(
@@ -77,7 +82,10 @@ class Settings(BaseSettings):
     llm_max_model_len: int = Field(
         0, description="Context length given to vLLM; 0 means 131072 for Nemotron and 4096 for other models."
     )
-    llm_dtype: str = Field("bfloat16", description="Weights dtype for vLLM.")
+    llm_dtype: str = Field(
+        "auto", description="Weights dtype for vLLM; `auto`: bfloat16 on a GPU, float32 on a CPU (where vLLM's "
+        "bfloat16 path fell back from oneDNN and generated ~2x slower on the small model)."
+    )
     llm_enforce_eager: bool = Field(
         True, description="Skip vLLM's CUDA-graph/torch.compile warm-up (starts in ~30 s instead of ~110 s on CPU)."
     )
@@ -102,3 +110,18 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the fields (``python -m ragsvc.settings``)."""
+    rows = ["| Variable | Default | What it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default).replace(str(Path.home()), "~")
+        rows.append(f"| `RAGSVC_{name.upper()}` | `{default if default != '' else '(empty)'}` | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
