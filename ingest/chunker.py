@@ -62,6 +62,16 @@ def _sentence_spans(text: str, offset: int) -> list[tuple[int, int]]:
     return out
 
 
+def _line_spans(text: str, offset: int) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for line in text.split("\n"):
+        if line.strip():
+            lead = len(line) - len(line.lstrip())
+            spans.append((offset + pos + lead, offset + pos + len(line.rstrip())))
+        pos += len(line) + 1
+    return spans
+
+
 class Chunker:
     def __init__(self, embedder: Embedder, chunk_tokens: int) -> None:
         self.embedder = embedder
@@ -99,11 +109,13 @@ class Chunker:
         return pieces
 
     def _segments(self, doc: ParsedDocument) -> list[_Seg]:
-        segs = [
-            _Seg(s, e, b.page, b.heading_path)
-            for b in doc.blocks
-            for s, e in _sentence_spans(b.text, b.start)
-        ]
+        segs = []
+        for b in doc.blocks:
+            # A table is one segment, so it stays whole when it fits; a bigger one splits by rows.
+            spans = _line_spans(b.text, b.start) if b.kind == "table" else _sentence_spans(b.text, b.start)
+            if b.kind == "table" and self.embedder.count_tokens([b.text])[0] <= self.budget - 8:
+                spans = [(b.start, b.start + len(b.text))]
+            segs += [_Seg(s, e, b.page, b.heading_path) for s, e in spans]
         counts = self.embedder.count_tokens([doc.full_text[s.start:s.end] for s in segs])
         out: list[_Seg] = []
         for seg, n in zip(segs, counts):

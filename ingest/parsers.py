@@ -26,6 +26,7 @@ class Block:
     page: int | None
     heading_path: str = ""
     start: int = 0
+    kind: str = "text"  # text, title, list_item, table: tables are kept whole by the chunker
 
 
 @dataclass
@@ -42,7 +43,7 @@ def glued_share(text: str) -> tuple[int, int]:
     return sum(1 for w in words if len(w) > GLUED_WORD_LETTERS), len(words)
 
 
-def _assemble(blocks: list[Block], pages: int | None, glued: float | None = None) -> ParsedDocument:
+def assemble(blocks: list[Block], pages: int | None, glued: float | None = None) -> ParsedDocument:
     """Join blocks into one text (two newlines apart) and record where each starts."""
     parts, pos = [], 0
     kept = [b for b in blocks if b.text.strip()]
@@ -99,7 +100,7 @@ def parse_pdf(data: bytes) -> ParsedDocument:
         raise ParseError(
             f"The PDF has {n_pages} page(s) but no text layer (a scan or images only); OCR is not supported yet."
         )
-    return _assemble(blocks, n_pages, glued / words if words else 0.0)
+    return assemble(blocks, n_pages, glued / words if words else 0.0)
 
 
 def decode_text(data: bytes) -> str:
@@ -116,7 +117,7 @@ def parse_text(data: bytes) -> ParsedDocument:
     if not text:
         raise ParseError("The file contains no text.")
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-    return _assemble([Block(p.strip(), None) for p in paragraphs], None)
+    return assemble([Block(p.strip(), None) for p in paragraphs], None)
 
 
 def parse_markdown(data: bytes) -> ParsedDocument:
@@ -149,13 +150,19 @@ def parse_markdown(data: bytes) -> ParsedDocument:
     flush()
     if not blocks:
         raise ParseError("The file contains no text.")
-    return _assemble(blocks, None)
+    return assemble(blocks, None)
 
 
 PARSERS = {"pdf": parse_pdf, "text": parse_text, "markdown": parse_markdown}
 
 
 def parse(kind: str, data: bytes) -> ParsedDocument:
+    if kind in ("docx", "pptx", "html", "eml"):
+        # unstructured is heavy to import (spaCy): only when such a document arrives.
+        from ingest import office
+
+        return {"docx": office.parse_docx, "pptx": office.parse_pptx, "html": office.parse_html,
+                "eml": office.parse_eml}[kind](data)
     try:
         parser = PARSERS[kind]
     except KeyError:

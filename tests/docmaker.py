@@ -19,7 +19,7 @@ def make_pdf(pages: list[str], password: str | None = None) -> bytes:
     from reportlab.pdfgen import canvas
 
     buf = io.BytesIO()
-    c = canvas.Canvas(buf, pagesize=A4, encrypt=password)
+    c = canvas.Canvas(buf, pagesize=A4, encrypt=password, invariant=1)  # same bytes every time
     for text in pages:
         t = c.beginText(50, 780)
         t.setFont("Helvetica", 11)
@@ -68,3 +68,55 @@ The reading room of the Elmsworth library closes at 9 pm on Fridays.
 
 Borrowers may keep up to twelve books for three weeks.
 """
+
+
+def make_docx() -> bytes:
+    from docx import Document
+
+    d = Document()
+    d.add_heading("Fleet manual", 1)
+    d.add_paragraph("The ferry Norrsken carries 300 passengers between the islands.")
+    d.add_heading("Engines", 2)
+    d.add_paragraph("Each engine of the Norrsken is serviced every 500 running hours.")
+    t = d.add_table(rows=3, cols=2)
+    for r, (a, b) in enumerate([("Ship", "Top speed"), ("Norrsken", "18 knots"), ("Havørn", "22 knots")]):
+        t.cell(r, 0).text, t.cell(r, 1).text = a, b
+    buf = io.BytesIO()
+    d.save(buf)
+    return buf.getvalue()
+
+
+def make_pptx() -> bytes:
+    from pptx import Presentation
+
+    p = Presentation()
+    for title, body in [("Quarterly plan", "Hire two welders in March."),
+                        ("Budget", "The repair budget for the dry dock is 40,000 crowns.")]:
+        slide = p.slides.add_slide(p.slide_layouts[1])
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+    buf = io.BytesIO()
+    p.save(buf)
+    return buf.getvalue()
+
+
+HTML_DOC = (b"<!DOCTYPE html><html><head><title>Shop</title></head><body><h1>Shop hours</h1>"
+            b"<p>The hardware shop on Pier Road opens at 8 am.</p><h2>Returns</h2>"
+            b"<p>Tools can be returned within 30 days with a receipt.</p></body></html>")
+
+EML_DOC = (b"From: Ann <ann@example.com>\r\nTo: bob@example.com\r\nSubject: Boiler repair\r\n"
+           b"Date: Mon, 2 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           b"Hi Bob,\r\n\r\nThe boiler in building C will be repaired on Thursday.\r\n\r\nAnn\r\n")
+
+
+def zip_bomb(name_inside: str = "word/document.xml", size: int = 1024 * 1024 * 1024) -> bytes:
+    """A tiny zip that claims to inflate to ``size`` bytes of zeros (streamed, so the test stays cheap)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open(name_inside, "w", force_zip64=True) as f:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(size >> 20):
+                f.write(chunk)
+    return buf.getvalue()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.docmaker import FACT_PAGES, MARKDOWN_DOC, TEXT_DOC, make_pdf
+from tests.docmaker import FACT_PAGES, MARKDOWN_DOC, TEXT_DOC, make_docx, make_pdf
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +87,16 @@ def test_text_document(service):
                                                 "collection": "library"}).json()
     assert "9 pm" in body["passages"][0]["text"]
     assert any("9 pm" in c["text"] for c in body["citations"]), body
+
+
+def test_docx_document_with_table(service):
+    resp = service.upload([("fleet.docx", make_docx(), "application/octet-stream")], collection="fleet")
+    doc = service.wait_done(resp.json()["documents"][0]["id"])
+    assert doc["status"] == "ready" and doc["kind"] == "docx", doc
+    body = service.client.post("/v1/ask", json={"question": "How often is each engine of the Norrsken serviced?",
+                                                "collection": "fleet"}).json()
+    top = body["passages"][0]
+    assert "500 running hours" in top["text"] and top["heading_path"] == "Fleet manual > Engines"
 
 
 def test_duplicate_upload_creates_nothing(service, facts_pdf):

