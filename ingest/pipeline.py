@@ -1,12 +1,20 @@
-"""One document through the pipeline: parse → chunk → embed → rows + vectors → ready."""
+"""One document through the pipeline: parse → chunk → embed → rows + vectors → ready.
+
+Progress (stage and fraction) is written to the document row as it goes, so
+``GET /v1/documents/{id}`` shows it. A new version of a document reuses the vectors of chunks whose
+text did not change, and takes the old version's place in the same transaction that makes it ready.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
 import time
 from pathlib import Path
 
-from sqlalchemy import delete, select
+import numpy as np
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.chunker import Chunker
@@ -17,15 +25,38 @@ from ragsvc.errors import IngestError
 from ragsvc.index_store import IndexStore
 
 log = logging.getLogger(__name__)
+EMBED_BATCH = 64  # chunks per progress update (sentence-transformers batches inside it)
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Pipeline:
     def __init__(self, sessions: sessionmaker[Session], embedder: Embedder, store: IndexStore,
-                 chunk_tokens: int) -> None:
+                 chunk_tokens: int, files_dir: Path | None = None) -> None:
         self.sessions = sessions
         self.embedder = embedder
         self.store = store
         self.chunker = Chunker(embedder, chunk_tokens)
+        self.files_dir = files_dir
+
+    def _progress(self, document_id: str, stage: str, fraction: float, **counts: int | None) -> None:
+        values = {"stage": stage, "progress": round(fraction, 3), **{k: v for k, v in counts.items() if v is not None}}
+        with self.sessions() as session, session.begin():
+            session.execute(update(Document).where(Document.id == document_id).values(**values))
+
+    def _reusable(self, replaces_id: str | None, collection_id: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Vectors of the previous version's chunks whose embedded text is unchanged, by content hash."""
+        if not replaces_id:
+            return {}
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Chunk.id, Chunk.content_hash)
+                .where(Chunk.document_id == replaces_id, Chunk.content_hash.in_(set(hashes)))
+            ).all()
+        vecs = self.store.vectors(collection_id, [cid for cid, _ in rows])
+        return {h: vecs[cid] for cid, h in rows if cid in vecs}
 
     def process(self, document_id: str) -> dict:
         """Ingest one document; raises ``IngestError`` with a user-facing reason when it cannot."""
@@ -34,8 +65,10 @@ class Pipeline:
             doc = session.get(Document, document_id)
             if doc is None:
                 raise IngestError("The document was deleted before it could be ingested.")
-            path, kind, collection_id = Path(doc.storage_path), doc.kind, doc.collection_id
+            path, kind, collection_id, replaces_id = (Path(doc.storage_path), doc.kind, doc.collection_id,
+                                                      doc.replaces_id)
             old_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == document_id)))
+        self._progress(document_id, "parsing", 0.0)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -43,13 +76,41 @@ class Pipeline:
 
         parsed = parse(kind, data)
         t_parsed = time.perf_counter()
+        self._progress(document_id, "chunking", 0.0, pages=parsed.pages)
         chunks = self.chunker.chunk(parsed)
         if not chunks:
             raise IngestError("No text could be extracted from the document.")
         t_chunked = time.perf_counter()
-        vectors = self.embedder.embed([c.embedding_input() for c in chunks])
-        t_embedded = time.perf_counter()
 
+        inputs = [c.embedding_input() for c in chunks]
+        hashes = [content_hash(t) for t in inputs]
+        reuse = self._reusable(replaces_id, collection_id, hashes)
+        todo = [i for i, h in enumerate(hashes) if h not in reuse]
+        vectors = np.zeros((len(chunks), self.embedder.dim), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            if h in reuse:
+                vectors[i] = reuse[h]
+        self._progress(document_id, "embedding", 0.0, chunks=len(chunks))
+        for start in range(0, len(todo), EMBED_BATCH):
+            batch = todo[start:start + EMBED_BATCH]
+            vectors[batch] = self.embedder.embed([inputs[i] for i in batch])
+            self._progress(document_id, "embedding", (start + len(batch)) / len(todo))
+        t_embedded = time.perf_counter()
+        self._progress(document_id, "indexing", 0.0)
+        replaced = self._commit(document_id, collection_id, replaces_id, chunks, hashes, vectors, old_ids,
+                                parsed, reused=len(chunks) - len(todo))
+        t_done = time.perf_counter()
+        stats = {
+            "chunks": len(chunks), "pages": parsed.pages, "reused_chunks": len(chunks) - len(todo),
+            "parse_s": round(t_parsed - t0, 3), "chunk_s": round(t_chunked - t_parsed, 3),
+            "embed_s": round(t_embedded - t_chunked, 3), "store_s": round(t_done - t_embedded, 3),
+            "replaced": replaced,
+        }
+        log.info("ingested %s: %s", document_id, stats)
+        return stats
+
+    def _commit(self, document_id: str, collection_id: str, replaces_id: str | None, chunks: list,
+                hashes: list[str], vectors: np.ndarray, old_ids: list[int], parsed, reused: int) -> str | None:
         with self.sessions() as session:
             doc = session.get(Document, document_id)
             if doc is None:
@@ -59,8 +120,8 @@ class Pipeline:
             rows = [
                 Chunk(document_id=document_id, ordinal=i, text=c.text, heading_path=c.heading_path,
                       page_start=c.page, page_end=c.page, char_start=c.char_start, char_end=c.char_end,
-                      token_count=c.token_count)
-                for i, c in enumerate(chunks)
+                      token_count=c.token_count, content_hash=h)
+                for i, (c, h) in enumerate(zip(chunks, hashes))
             ]
             session.add_all(rows)
             session.flush()
@@ -69,17 +130,19 @@ class Pipeline:
             # Vectors go in before the commit that makes the document ready; if the commit fails the
             # vectors are orphans that retrieval ignores (no row), and a retry overwrites them.
             self.store.add(collection_id, ids, vectors)
-            doc.status = DocumentStatus.READY
-            doc.error = None
-            doc.pages = parsed.pages
-            doc.chunks = len(rows)
+            old = session.get(Document, replaces_id) if replaces_id else None
+            old_chunk_ids, old_folder = [], None
+            if old is not None:
+                old_chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == old.id)))
+                old_folder = Path(old.storage_path).parent
+                session.delete(old)  # same transaction as "ready": search sees one version or the other
+            doc.status, doc.error, doc.stage, doc.progress = DocumentStatus.READY, None, None, 1.0
+            doc.pages, doc.chunks, doc.reused_chunks = parsed.pages, len(rows), reused
             doc.glued_word_ratio = parsed.glued_word_ratio
             session.commit()
-        t_done = time.perf_counter()
-        stats = {
-            "chunks": len(chunks), "pages": parsed.pages,
-            "parse_s": round(t_parsed - t0, 3), "chunk_s": round(t_chunked - t_parsed, 3),
-            "embed_s": round(t_embedded - t_chunked, 3), "store_s": round(t_done - t_embedded, 3),
-        }
-        log.info("ingested %s: %s", document_id, stats)
-        return stats
+        if old is not None:
+            self.store.remove(collection_id, old_chunk_ids)
+            if old_folder and self.files_dir and old_folder.parent == self.files_dir.resolve():
+                shutil.rmtree(old_folder, ignore_errors=True)
+            return old.id
+        return None

@@ -35,7 +35,13 @@ class Worker:
         self.stop = threading.Event()
 
     def claim(self) -> tuple[int, str] | None:
-        """Claim the oldest runnable job; returns (job id, document id) or None."""
+        """Claim the oldest runnable job; returns (job id, document id) or None when there is none."""
+        while True:
+            outcome = self._claim_once()
+            if outcome != "retired":
+                return outcome
+
+    def _claim_once(self) -> tuple[int, str] | None | str:
         now = utcnow()
         lease = timedelta(seconds=self.settings.job_lease_s)
         with self.sessions() as session, session.begin():
@@ -49,12 +55,13 @@ class Worker:
             if job is None:
                 return None
             if job.attempts >= self.settings.job_max_attempts:
+                # Its workers kept dying (a crash or a kill each time): stop trying, say why, move on.
                 reason = (f"Ingestion was attempted {job.attempts} times and the worker stopped each time "
                           "(crash or kill) before finishing.")
                 job.status, job.error = JobStatus.FAILED, reason
                 session.execute(update(Document).where(Document.id == job.document_id)
-                                .values(status=DocumentStatus.FAILED, error=reason))
-                return None
+                                .values(status=DocumentStatus.FAILED, error=reason, stage=None))
+                return "retired"
             won = session.execute(
                 update(Job)
                 .where(Job.id == job.id, Job.status == job.status, Job.attempts == job.attempts)
@@ -62,7 +69,7 @@ class Worker:
                         lease_expires_at=now + lease, attempts=job.attempts + 1)
             ).rowcount
             if not won:
-                return None
+                return "retired"  # another worker got it first; look again
             session.execute(update(Document).where(Document.id == job.document_id)
                             .values(status=DocumentStatus.PROCESSING, error=None))
             return job.id, job.document_id
@@ -85,7 +92,7 @@ class Worker:
                 status=JobStatus.FAILED if error else JobStatus.DONE, error=error, lease_expires_at=None))
             if error:
                 session.execute(update(Document).where(Document.id == document_id)
-                                .values(status=DocumentStatus.FAILED, error=error))
+                                .values(status=DocumentStatus.FAILED, error=error, stage=None))
 
     def run_one(self) -> bool:
         """Process one job if there is one; returns whether a job was found."""

@@ -68,9 +68,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={
             "documents": Provide(_documents, sync_to_thread=False),
             "asker": Provide(_asker, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_upload_mb * 1024 * 1024,
+        multipart_form_part_limit=settings.max_files_per_upload + 10,
         openapi_config=OpenAPIConfig(title="ragsvc", version="0.1.0", path="/schema"),
         state=State({"settings": settings}),
     )

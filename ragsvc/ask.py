@@ -81,13 +81,12 @@ class AskService:
         t0 = time.perf_counter()
         passages = await asyncio.to_thread(self._retrieve, req, k)
         t_retrieved = time.perf_counter()
-        result = {"mode": req.mode, "model": generator.model_name, "passages": [], "citations": [],
-                  "dropped_markers": []}
         if not passages:
             # Nothing indexed that could answer: say so without spending a model call.
-            return result | {"answer": NO_ANSWER, "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-                             "timings": {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
-                                         "total_ms": _ms(t0, time.perf_counter())}}
+            return _response(NO_ANSWER, req.mode, generator.model_name, [], [], [], None,
+                             {"prompt_tokens": 0, "completion_tokens": 0},
+                             {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
+                              "total_ms": _ms(t0, time.perf_counter())})
         profile = profile_for(generator.model_name, self.settings.llm_prompt_profile)
         # PDF line wraps carry no meaning; collapsed whitespace reads better to the model and costs fewer tokens.
         block = format_passages([(i, p.label, " ".join(p.text.split())) for i, p in enumerate(passages, 1)])
@@ -106,19 +105,24 @@ class AskService:
                     "support": round(c.support, 4), "inferred": c.inferred})
                 entry["support"] = max(entry["support"], round(c.support, 4))
                 entry["inferred"] = entry["inferred"] and c.inferred
-        result |= {
-            "answer": answer,
-            "citations": [cited[n] for n in sorted(cited)],
-            "passages": [passage_json(i, p) for i, p in enumerate(passages, 1)],
-            "dropped_markers": dropped,
-            "finish_reason": gen.finish_reason,
-            "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens},
-            "timings": {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": _ms(t_retrieved, t_generated),
-                        "total_ms": _ms(t0, time.perf_counter())},
-        }
+        result = _response(
+            answer, req.mode, generator.model_name, [cited[n] for n in sorted(cited)],
+            [passage_json(i, p) for i, p in enumerate(passages, 1)], dropped, gen.finish_reason,
+            {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens},
+            {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": _ms(t_retrieved, t_generated),
+             "total_ms": _ms(t0, time.perf_counter())},
+        )
         if req.include_reasoning:
             result["reasoning"] = reasoning
         return result
+
+
+def _response(answer: str, mode: str, model: str, citations: list, passages: list, dropped: list,
+              finish_reason: str | None, usage: dict, timings: dict) -> dict:
+    # Key order is what a person reads first: the answer and its sources, the long passages last.
+    return {"answer": answer, "mode": mode, "citations": citations, "dropped_markers": dropped,
+            "usage": usage, "timings": timings, "model": model, "finish_reason": finish_reason,
+            "passages": passages}
 
 
 def _ms(a: float, b: float) -> float:

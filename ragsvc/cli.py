@@ -51,7 +51,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.embedding_device,
                                            settings.embedding_batch_size)
     store = IndexStore(settings.index_dir, embedder.dim)
-    worker = Worker(settings, sessions, Pipeline(sessions, embedder, store, settings.chunk_tokens))
+    worker = Worker(settings, sessions, Pipeline(sessions, embedder, store, settings.chunk_tokens,
+                                                      settings.files_dir.resolve()))
 
     def _stop(signum, _frame):  # noqa: ANN001
         logging.getLogger(__name__).info("signal %s: finishing the current job, then stopping", signum)
@@ -104,6 +105,28 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    """Upload files and folders to a running service and wait until each is ready or failed."""
+    import time
+
+    from ragsvc.bulk import ingest, print_summary
+
+    started = time.time()
+    try:
+        summary = ingest(args.url, args.paths, args.collection)
+    except httpx_errors() as exc:
+        print(f"cannot reach ragsvc at {args.url}: {exc}; is `ragsvc serve` running?", file=sys.stderr)
+        return 1
+    print_summary(summary, time.time() - started)
+    return 0 if not summary.failed and not summary.refused else 2
+
+
+def httpx_errors() -> tuple[type[Exception], ...]:
+    import httpx
+
+    return (httpx.TransportError,)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragsvc", description="Question answering over your own documents.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("revision", nargs="?", default="head")
     dsub.add_parser("current", help="print the current revision")
     d.set_defaults(func=cmd_db)
+    i = sub.add_parser("ingest", help="upload files and folders to a running service and wait for them")
+    i.add_argument("paths", nargs="+", metavar="PATH")
+    i.add_argument("--collection", default="default")
+    i.add_argument("--url", default="http://127.0.0.1:8000")
+    i.set_defaults(func=cmd_ingest)
     a = sub.add_parser("ask", help="ask a running service a question")
     a.add_argument("question")
     a.add_argument("--mode", choices=["off", "on"], default="off")

@@ -1,4 +1,5 @@
-"""Documents and collections: store uploads, queue ingestion jobs, list, get, delete."""
+"""Documents, collections and the job queue as the API sees them: store uploads, queue ingestion,
+list, get, replace, delete."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import logging
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ragsvc.db import Chunk, Collection, Document, DocumentStatus, Job
-from ragsvc.errors import InvalidInput, NotFound
+from ragsvc.errors import Conflict, InvalidInput, NotFound
 from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
 from ragsvc.settings import Settings
@@ -40,16 +42,24 @@ def document_json(doc: Document, collection_name: str, **extra: object) -> dict:
     return {
         "id": doc.id, "collection": collection_name, "filename": doc.filename, "kind": doc.kind,
         "size_bytes": doc.size_bytes, "sha256": doc.sha256, "status": doc.status, "error": doc.error,
-        "pages": doc.pages, "chunks": doc.chunks, "glued_word_ratio": doc.glued_word_ratio,
-        "created_at": _iso(doc.created_at), "updated_at": _iso(doc.updated_at), **extra,
+        "stage": doc.stage, "progress": doc.progress, "pages": doc.pages, "chunks": doc.chunks,
+        "glued_word_ratio": doc.glued_word_ratio, "replaces": doc.replaces_id,
+        "reused_chunks": doc.reused_chunks, "created_at": _iso(doc.created_at),
+        "updated_at": _iso(doc.updated_at), **extra,
     }
 
 
-def validate_collection_name(name: str) -> str:
+def validate_collection_name(name: str | None) -> str:
     name = (name or DEFAULT_COLLECTION).strip()
     if not name or len(name) > 128 or any(c in name for c in "/\\\x00"):
         raise InvalidInput("A collection name has 1 to 128 characters and no slashes.")
     return name
+
+
+def display_filename(name: str | None) -> str:
+    """The name as the user gave it (stored files use generated names, so this is only shown)."""
+    name = (name or "").replace("\x00", "").strip() or "upload"
+    return name[:512]
 
 
 class DocumentService:
@@ -57,7 +67,9 @@ class DocumentService:
         self.settings = settings
         self.sessions = sessions
         self.store = store
+        self.files_dir = settings.files_dir.resolve()
 
+    # --- collections -------------------------------------------------------------------------
     def _collection(self, session: Session, name: str, create: bool) -> Collection:
         coll = session.scalar(select(Collection).where(Collection.name == name))
         if coll is None and create:
@@ -71,40 +83,110 @@ class DocumentService:
             raise NotFound(f"There is no collection named {name!r}.")
         return coll
 
-    def create(self, collection: str, uploads: list[Upload]) -> list[dict]:
-        """Validate every file first (so a bad one stores nothing), then store and queue them."""
+    def create_collection(self, name: str) -> dict:
+        name = validate_collection_name(name)
+        with self.sessions() as session:
+            if session.scalar(select(Collection).where(Collection.name == name)) is not None:
+                raise Conflict(f"A collection named {name!r} already exists.")
+            coll = Collection(name=name)
+            session.add(coll)
+            session.commit()
+            return {"name": coll.name, "documents": 0, "created_at": _iso(coll.created_at)}
+
+    def collections(self) -> list[dict]:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Collection, func.count(Document.id))
+                .outerjoin(Document).group_by(Collection.id).order_by(Collection.name)
+            ).all()
+            return [{"name": c.name, "documents": n, "created_at": _iso(c.created_at)} for c, n in rows]
+
+    def get_collection(self, name: str) -> dict:
+        for c in self.collections():
+            if c["name"] == name:
+                return c
+        raise NotFound(f"There is no collection named {name!r}.")
+
+    def delete_collection(self, name: str) -> None:
+        """Rows (documents, chunks, jobs cascade), then the index folder and the stored files."""
+        with self.sessions() as session:
+            coll = self._collection(session, name, create=False)
+            doc_ids = list(session.scalars(select(Document.id).where(Document.collection_id == coll.id)))
+            coll_id = coll.id
+            session.delete(coll)
+            session.commit()
+        self.store.drop(coll_id)
+        for doc_id in doc_ids:
+            shutil.rmtree(self.files_dir / doc_id, ignore_errors=True)
+
+    # --- documents ---------------------------------------------------------------------------
+    def create(self, collection: str | None, uploads: list[Upload], replaces: str | None = None) -> list[dict]:
+        """Validate every file first (so a bad one stores nothing), then store and queue them.
+
+        Identical bytes already in the collection: the existing document, ``duplicate: true``.
+        Same filename with other bytes (or ``replaces``): a new version that replaces the old one
+        once it is ready.
+        """
         name = validate_collection_name(collection)
         if not uploads:
             raise InvalidInput("The request has no file; send one or more files in the multipart field 'files'.")
+        if replaces and len(uploads) != 1:
+            raise InvalidInput("'replaces' names one document, so send exactly one file with it.")
         kinds = []
         for up in uploads:
             if not up.data:
                 raise InvalidInput(f"{up.filename!r} is empty (0 bytes); there is nothing to ingest.")
             kinds.append(detect_kind(up.filename, up.data))
-        out = []
+        out: list[dict | Document] = []
+        written: list[Path] = []
         with self.sessions() as session:
             coll = self._collection(session, name, create=True)
-            for up, kind in zip(uploads, kinds):
-                digest = hashlib.sha256(up.data).hexdigest()
-                existing = session.scalar(
-                    select(Document).where(Document.collection_id == coll.id, Document.sha256 == digest)
-                    .order_by(Document.created_at).limit(1)
-                )
-                if existing is not None:
-                    out.append(document_json(existing, name, duplicate=True))
-                    continue
-                doc = Document(collection_id=coll.id, filename=up.filename, kind=kind,
-                               size_bytes=len(up.data), sha256=digest, storage_path="")
-                session.add(doc)
-                session.flush()
-                folder = self.settings.files_dir / doc.id
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "original").write_bytes(up.data)
-                doc.storage_path = str(folder / "original")
-                session.add(Job(document_id=doc.id))
-                out.append(doc)
-            session.commit()
+            if replaces:
+                target = session.get(Document, replaces)
+                if target is None or target.collection_id != coll.id:
+                    raise NotFound(f"There is no document {replaces!r} in collection {name!r} to replace.")
+            try:
+                for up, kind in zip(uploads, kinds):
+                    out.append(self._create_one(session, coll, up, kind, replaces, written))
+                session.commit()
+            except BaseException:
+                session.rollback()
+                for path in written:  # nothing stored for a request that failed
+                    shutil.rmtree(path.parent, ignore_errors=True)
+                raise
             return [d if isinstance(d, dict) else document_json(d, name, duplicate=False) for d in out]
+
+    def _create_one(self, session: Session, coll: Collection, up: Upload, kind: str, replaces: str | None,
+                    written: list[Path]) -> dict | Document:
+        digest = hashlib.sha256(up.data).hexdigest()
+        same = session.scalars(
+            select(Document).where(Document.collection_id == coll.id, Document.sha256 == digest)
+            .order_by(Document.created_at)
+        ).all()
+        live = [d for d in same if d.status != DocumentStatus.FAILED]
+        if live:
+            return document_json(live[0], coll.name, duplicate=True)
+        filename = display_filename(up.filename)
+        if not replaces:
+            # A new version of a document with the same name (the newest one that is not failed).
+            prev = session.scalar(
+                select(Document).where(Document.collection_id == coll.id, Document.filename == filename,
+                                       Document.status != DocumentStatus.FAILED)
+                .order_by(Document.created_at.desc()).limit(1)
+            )
+            replaces = prev.id if prev is not None else None
+        doc = Document(collection_id=coll.id, filename=filename, kind=kind, size_bytes=len(up.data),
+                       sha256=digest, storage_path="", replaces_id=replaces)
+        session.add(doc)
+        session.flush()
+        folder = self.files_dir / doc.id  # a generated name: the user's filename never touches the disk
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "original"
+        path.write_bytes(up.data)
+        written.append(path)
+        doc.storage_path = str(path)
+        session.add(Job(document_id=doc.id))
+        return doc
 
     def get(self, document_id: str) -> dict:
         with self.sessions() as session:
@@ -115,11 +197,13 @@ class DocumentService:
                 raise NotFound(f"There is no document with id {document_id!r}.")
             return document_json(row[0], row[1])
 
-    def list(self, collection: str | None = None) -> list[dict]:
+    def list(self, collection: str | None = None, status: str | None = None) -> list[dict]:
         with self.sessions() as session:
             q = select(Document, Collection.name).join(Collection).order_by(Document.created_at)
             if collection:
                 q = q.where(Collection.name == collection)
+            if status:
+                q = q.where(Document.status == status)
             return [document_json(d, n) for d, n in session.execute(q).all()]
 
     def delete(self, document_id: str) -> None:
@@ -129,16 +213,23 @@ class DocumentService:
             if doc is None:
                 raise NotFound(f"There is no document with id {document_id!r}.")
             chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)))
-            collection_id, folder = doc.collection_id, self.settings.files_dir / doc.id
+            collection_id = doc.collection_id
             session.delete(doc)
             session.commit()
         self.store.remove(collection_id, chunk_ids)
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self.files_dir / document_id, ignore_errors=True)
 
-    def collections(self) -> list[dict]:
+    # --- jobs --------------------------------------------------------------------------------
+    def jobs(self, status: str | None = None, limit: int = 200) -> list[dict]:
         with self.sessions() as session:
-            rows = session.execute(
-                select(Collection, func.count(Document.id))
-                .outerjoin(Document).group_by(Collection.id).order_by(Collection.name)
-            ).all()
-            return [{"name": c.name, "documents": n, "created_at": _iso(c.created_at)} for c, n in rows]
+            q = (select(Job, Document.filename, Document.stage, Document.progress)
+                 .join(Document).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))))
+            if status:
+                q = q.where(Job.status == status)
+            return [
+                {"id": j.id, "document_id": j.document_id, "filename": fn, "status": j.status,
+                 "stage": stage, "progress": progress, "attempts": j.attempts, "worker": j.lease_owner,
+                 "lease_expires_at": _iso(j.lease_expires_at), "error": j.error,
+                 "created_at": _iso(j.created_at), "updated_at": _iso(j.updated_at)}
+                for j, fn, stage, progress in session.execute(q).all()
+            ]

@@ -119,6 +119,19 @@ class IndexStore:
                 self._cache[collection_id] = cached
             return cached.index
 
+    def vectors(self, collection_id: str, ids: list[int]) -> dict[int, np.ndarray]:
+        """Stored vectors for those ids that are in the index (to reuse them instead of re-embedding)."""
+        index = self._current(collection_id)
+        if index is None or not ids:
+            return {}
+        out = {}
+        for i in ids:
+            try:
+                out[i] = index.reconstruct(int(i))
+            except RuntimeError:  # not in the index (an orphaned row): embed it again
+                continue
+        return out
+
     def size(self, collection_id: str) -> int:
         index = self._current(collection_id)
         return 0 if index is None else int(index.ntotal)

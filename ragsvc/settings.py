@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(
         True, description="`ragsvc serve` also starts one ingestion worker process beside the API."
     )
-    max_upload_mb: int = Field(200, description="Largest accepted upload request, in MiB.")
+    max_upload_mb: int = Field(
+        200, description="Largest accepted upload request, in MiB; larger ones get 413 before they are read."
+    )
+    max_files_per_upload: int = Field(2000, description="Most files accepted in one upload request.")
 
     # --- storage ------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Folder for uploaded files and the default SQLite database.")

@@ -109,7 +109,7 @@ EML_DOC = (b"From: Ann <ann@example.com>\r\nTo: bob@example.com\r\nSubject: Boil
            b"Hi Bob,\r\n\r\nThe boiler in building C will be repaired on Thursday.\r\n\r\nAnn\r\n")
 
 
-def zip_bomb(name_inside: str = "word/document.xml", size: int = 1024 * 1024 * 1024) -> bytes:
+def zip_bomb(name_inside: str = "word/document.xml", size: int = 600 * 1024 * 1024) -> bytes:
     """A tiny zip that claims to inflate to ``size`` bytes of zeros (streamed, so the test stays cheap)."""
     import zipfile
 

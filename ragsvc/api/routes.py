@@ -9,12 +9,14 @@ from typing import Literal
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.datastructures.state import State
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy import text
 
 from ragsvc.api.problems import problem
 from ragsvc.ask import AskRequest, AskService
 from ragsvc.documents import DocumentService, Upload
+from ragsvc.errors import InvalidInput
+from ragsvc.settings import Settings
 
 
 @dataclass
@@ -33,20 +35,26 @@ class DocumentController(Controller):
     tags = ["documents"]
 
     @post("/", status_code=HTTP_202_ACCEPTED)
-    async def upload(self, request: Request, documents: DocumentService) -> dict:
+    async def upload(self, request: Request, documents: DocumentService, settings: Settings) -> dict:
         """Upload files (multipart field ``files``, optional field ``collection``); ingestion is queued."""
         form = await request.form()
+        files = form.getall("files") if "files" in form else []
+        if len(files) > settings.max_files_per_upload:
+            raise InvalidInput(f"{len(files)} files in one request; send at most {settings.max_files_per_upload}.")
         uploads = []
-        for item in form.getall("files") if "files" in form else []:
+        for item in files:
             if isinstance(item, UploadFile):
                 uploads.append(Upload(item.filename or "upload", await item.read()))
         collection = form.get("collection") or "default"
-        created = await asyncio.to_thread(documents.create, str(collection), uploads)
+        replaces = form.get("replaces") or None
+        created = await asyncio.to_thread(documents.create, str(collection), uploads,
+                                          str(replaces) if replaces else None)
         return {"documents": created}
 
     @get("/", sync_to_thread=True)
-    def list_documents(self, documents: DocumentService, collection: str | None = None) -> dict:
-        return {"documents": documents.list(collection)}
+    def list_documents(self, documents: DocumentService, collection: str | None = None,
+                       status: str | None = None) -> dict:
+        return {"documents": documents.list(collection, status)}
 
     @get("/{document_id:str}", sync_to_thread=True)
     def get_document(self, document_id: str, documents: DocumentService) -> dict:
@@ -57,9 +65,37 @@ class DocumentController(Controller):
         documents.delete(document_id)
 
 
-@get("/v1/collections", sync_to_thread=True, tags=["collections"])
-def list_collections(documents: DocumentService) -> dict:
-    return {"collections": documents.collections()}
+@dataclass
+class CollectionBody:
+    name: str
+
+
+class CollectionController(Controller):
+    path = "/v1/collections"
+    tags = ["collections"]
+
+    @get("/", sync_to_thread=True)
+    def list_collections(self, documents: DocumentService) -> dict:
+        return {"collections": documents.collections()}
+
+    @post("/", status_code=HTTP_201_CREATED, sync_to_thread=True)
+    def create_collection(self, data: CollectionBody, documents: DocumentService) -> dict:
+        return documents.create_collection(data.name)
+
+    @get("/{name:str}", sync_to_thread=True)
+    def get_collection(self, name: str, documents: DocumentService) -> dict:
+        return documents.get_collection(name)
+
+    @delete("/{name:str}", status_code=HTTP_204_NO_CONTENT, sync_to_thread=True)
+    def delete_collection(self, name: str, documents: DocumentService) -> None:
+        """Delete the collection with all its documents, chunks, vectors and stored files."""
+        documents.delete_collection(name)
+
+
+@get("/v1/jobs", sync_to_thread=True, tags=["documents"])
+def list_jobs(documents: DocumentService, status: str | None = None, limit: int = 200) -> dict:
+    """The ingestion queue, newest first: status, stage, progress, attempts, worker."""
+    return {"jobs": documents.jobs(status, limit)}
 
 
 @post("/v1/ask", status_code=200, tags=["ask"])
@@ -103,4 +139,4 @@ def _checks(state: State) -> dict[str, str]:
     return checks
 
 
-ROUTES = [DocumentController, list_collections, ask, health, ready]
+ROUTES = [DocumentController, CollectionController, list_jobs, ask, health, ready]

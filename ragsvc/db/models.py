@@ -68,6 +68,13 @@ class Document(Base):
     pages: Mapped[int | None] = mapped_column(Integer, default=None)
     chunks: Mapped[int | None] = mapped_column(Integer, default=None)
     glued_word_ratio: Mapped[float | None] = mapped_column(Float, default=None)
+    # Live progress while a worker has it: parsing, chunking, embedding, indexing; fraction 0..1.
+    stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    progress: Mapped[float | None] = mapped_column(Float, default=None)
+    # A new version of another document; that one is removed when this one is ready.
+    replaces_id: Mapped[str | None] = mapped_column(
+        ForeignKey("documents.id", ondelete="SET NULL"), default=None, index=True)
+    reused_chunks: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -88,6 +95,8 @@ class Chunk(Base):
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer)
+    # sha256 of the embedded text: an unchanged chunk of a new version reuses its vector.
+    content_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
 
 
 class Job(Base):

@@ -1,0 +1,327 @@
+"""Ingestion pipeline vs raw encode on one real PDF (default: the Debian Reference, 261 pages).
+
+What is compared, and why:
+
+* **Pipeline**: ``Pipeline.process`` on a fresh document each run (fresh SQLite database and FAISS
+  folder in a temporary directory): read -> parse (pypdf open + PDFium text) -> chunk (sentence
+  splitting, exact token counts) -> embed -> chunk rows + FAISS vectors -> document ready. Its stats
+  dict splits the time into parse / chunk / embed / store.
+* **Raw encode**: ``SentenceTransformer.encode(texts, batch_size=32, normalize_embeddings=True)``
+  over exactly the same chunk texts (``Chunk.embedding_input()``). On a CPU the model is the
+  bottleneck, so this is the ceiling the pipeline can reach; everything the pipeline adds
+  (parsing, chunking, token counting, database, index) shows up as the gap between the two.
+  Goals: pipeline/raw throughput >= 0.85, parse < 10% of pipeline time.
+* **PDF text extraction**: pypdf's ``extract_text`` vs our ``parse_pdf`` (PDFium), on time and
+  glued-word share (words over 20 letters, which are almost always missing spaces). This is why
+  the parser uses PDFium for text. pypdf is slow, so it runs once.
+* **Chunk stats**: count, mean/max tokens, and how many exceed the model's limit (must be 0:
+  nothing may be silently truncated).
+
+One process, one shared embedder (warmed up first); pipeline and raw runs alternate so load from
+other work on the machine hits both alike; medians of ``--runs`` runs are reported.
+Prints a Markdown table and writes JSON (default ``bench/results/ingest_pipeline.json``).
+
+    .venv/bin/python bench/ingest_pipeline.py [--pdf PATH] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_PDF = "/usr/share/debian-reference/debian-reference.en.pdf"
+DEFAULT_OUT = ROOT / "bench" / "results" / "ingest_pipeline.json"
+MODEL = "all-MiniLM-L6-v2"
+BATCH = 32
+CHUNK_TOKENS = 200
+GOAL_RATIO = 0.85
+GOAL_PARSE_SHARE = 0.10
+
+
+def first_pages(data: bytes, n: int) -> bytes:
+    """A PDF of the first ``n`` pages (for quick smoke runs of this script)."""
+    import pypdfium2 as pdfium
+
+    src, dst = pdfium.PdfDocument(data), pdfium.PdfDocument.new()
+    try:
+        dst.import_pages(src, list(range(min(n, len(src)))))
+        buf = io.BytesIO()
+        dst.save(buf)
+        return buf.getvalue()
+    finally:
+        dst.close()
+        src.close()
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor() or "unknown")
+    pkgs = {}
+    for p in ("torch", "sentence-transformers", "transformers", "pypdf", "pypdfium2", "faiss-cpu", "SQLAlchemy"):
+        try:
+            pkgs[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "machine": platform.machine(),
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "gpu": bool(torch.cuda.is_available()), "packages": pkgs}
+
+
+def run_pipeline(embedder, pdf_bytes: bytes, name: str) -> tuple[float, dict, list[str]]:
+    """One ``Pipeline.process`` on a fresh database + index folder; returns (wall s, stats, row texts)."""
+    from sqlalchemy import select
+
+    from ingest.pipeline import Pipeline
+    from ragsvc.db import Chunk, Collection, Document
+    from ragsvc.db.migrate import upgrade
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.index_store import IndexStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="ragsvc-bench-"))
+    engine = None
+    try:
+        url = "sqlite:///" + str(tmp / "bench.db")
+        upgrade(url)
+        engine = make_engine(url)
+        sessions = make_sessionmaker(engine)
+        stored = tmp / "files" / name
+        stored.parent.mkdir()
+        stored.write_bytes(pdf_bytes)
+        with sessions() as s:
+            coll = Collection(name="bench")
+            s.add(coll)
+            s.flush()
+            doc = Document(collection_id=coll.id, filename=name, kind="pdf", size_bytes=len(pdf_bytes),
+                           sha256=hashlib.sha256(pdf_bytes).hexdigest(), storage_path=str(stored))
+            s.add(doc)
+            s.commit()
+            doc_id = doc.id
+        pipeline = Pipeline(sessions, embedder, IndexStore(tmp / "indexes", embedder.dim), CHUNK_TOKENS)
+        gc.collect()
+        t0 = time.perf_counter()
+        stats = pipeline.process(doc_id)
+        wall = time.perf_counter() - t0
+        with sessions() as s:
+            texts = list(s.scalars(select(Chunk.text).where(Chunk.document_id == doc_id).order_by(Chunk.ordinal)))
+        return wall, stats, texts
+    finally:
+        if engine is not None:
+            engine.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_raw(model, texts: list[str]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    vecs = model.encode(texts, batch_size=BATCH, normalize_embeddings=True, show_progress_bar=False)
+    wall = time.perf_counter() - t0
+    assert len(vecs) == len(texts)
+    return wall
+
+
+def pypdf_extract(pdf_bytes: bytes) -> dict:
+    from pypdf import PdfReader
+
+    from ingest.parsers import glued_share
+
+    t0 = time.perf_counter()
+    reader = PdfReader(io.BytesIO(pdf_bytes))
+    texts = [reader.pages[i].extract_text() or "" for i in range(len(reader.pages))]
+    wall = time.perf_counter() - t0
+    glued = words = 0
+    for t in texts:
+        g, w = glued_share(t)
+        glued, words = glued + g, words + w
+    return {"seconds": wall, "pages": len(texts), "glued_words": glued, "words": words,
+            "glued_share": glued / words if words else 0.0}
+
+
+def pdfium_extract(pdf_bytes: bytes) -> tuple[dict, object]:
+    from ingest.parsers import glued_share, parse_pdf
+
+    t0 = time.perf_counter()
+    parsed = parse_pdf(pdf_bytes)
+    wall = time.perf_counter() - t0
+    glued = words = 0
+    for b in parsed.blocks:
+        g, w = glued_share(b.text)
+        glued, words = glued + g, words + w
+    return {"seconds": wall, "pages": parsed.pages, "glued_words": glued, "words": words,
+            "glued_share": glued / words if words else 0.0,
+            "glued_word_ratio_reported": parsed.glued_word_ratio}, parsed
+
+
+def pypdf_open_seconds(pdf_bytes: bytes) -> float:
+    """What ``parse_pdf`` spends in pypdf before PDFium starts (open, encryption check, page count)."""
+    import pypdf
+
+    t0 = time.perf_counter()
+    reader = pypdf.PdfReader(io.BytesIO(pdf_bytes))
+    _ = reader.is_encrypted
+    _ = len(reader.pages)
+    return time.perf_counter() - t0
+
+
+def med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pdf", default=DEFAULT_PDF, help="PDF to ingest (default: the Debian Reference)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs of pipeline and raw encode (median reported)")
+    ap.add_argument("--pages", type=int, default=0, help="only the first N pages (quick smoke run); 0 = all")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
+    args = ap.parse_args(argv)
+
+    from ingest.chunker import Chunker
+    from ragsvc.embedder import SentenceTransformerEmbedder
+
+    started = datetime.now(timezone.utc)
+    load_start = os.getloadavg()
+    pdf_path = Path(args.pdf)
+    pdf_bytes = pdf_path.read_bytes()
+    if args.pages:
+        pdf_bytes = first_pages(pdf_bytes, args.pages)
+
+    t0 = time.perf_counter()
+    embedder = SentenceTransformerEmbedder(MODEL, "cpu", batch_size=BATCH)
+    load_s = time.perf_counter() - t0
+    model = embedder._model
+    embedder.embed(["warm-up sentence for the embedding model"] * 8)  # first-call allocations, kernels
+    print(f"model loaded in {load_s:.1f}s; torch threads {machine()['torch_threads']}", file=sys.stderr)
+
+    # The chunk texts the pipeline embeds: parse + chunk exactly as the pipeline does (deterministic).
+    pdfium, parsed = pdfium_extract(pdf_bytes)
+    t0 = time.perf_counter()
+    chunks = Chunker(embedder, CHUNK_TOKENS).chunk(parsed)
+    chunk_standalone_s = time.perf_counter() - t0
+    texts = [c.embedding_input() for c in chunks]
+    pypdf_open_s = pypdf_open_seconds(pdf_bytes)
+
+    tokens = [c.token_count for c in chunks]
+    recount = embedder.count_tokens(texts)  # independent check of the chunker's own counts
+    chunk_stats = {
+        "count": len(chunks), "mean_tokens": statistics.fmean(tokens), "max_tokens": max(tokens),
+        "model_limit": embedder.max_tokens, "chunk_tokens_target": CHUNK_TOKENS,
+        "over_limit": sum(1 for n in recount if n > embedder.max_tokens),
+        "counts_match_recount": tokens == recount,
+    }
+
+    pipe_runs, raw_runs = [], []
+    for i in range(args.runs):
+        wall, stats, row_texts = run_pipeline(embedder, pdf_bytes, pdf_path.name)
+        if row_texts != [c.text for c in chunks]:
+            raise SystemExit("pipeline stored different chunks than the benchmark encodes; comparison invalid")
+        pipe_runs.append({"wall_s": wall, **stats})
+        raw_s = run_raw(model, texts)
+        raw_runs.append(raw_s)
+        print(f"run {i + 1}/{args.runs}: pipeline {wall:.2f}s {stats}; raw encode {raw_s:.2f}s", file=sys.stderr)
+
+    pypdf = pypdf_extract(pdf_bytes)  # once: slow, and only its extraction quality/time is compared
+
+    pages, n = parsed.pages, len(chunks)
+    p_wall = med([r["wall_s"] for r in pipe_runs])
+    split = {k: med([r[k] for r in pipe_runs]) for k in ("parse_s", "chunk_s", "embed_s", "store_s")}
+    raw_wall = med(raw_runs)
+    result = {
+        "benchmark": "ingest_pipeline",
+        "date": started.isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "pdf": {"path": str(pdf_path), "bytes": len(pdf_bytes), "pages": pages,
+                "first_pages_only": args.pages or None},
+        "machine": {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+        "model": {"name": MODEL, "batch_size": BATCH, "dim": embedder.dim, "load_s": load_s},
+        "runs": args.runs,
+        "pipeline": {
+            "wall_s": p_wall, "pages_per_s": pages / p_wall, "chunks_per_s": n / p_wall,
+            "split_s": split, "split_share": {k: v / p_wall for k, v in split.items()},
+            "per_run": pipe_runs,
+        },
+        "raw_encode": {"wall_s": raw_wall, "chunks_per_s": n / raw_wall, "pages_equiv_per_s": pages / raw_wall,
+                       "per_run_s": raw_runs},
+        "ratio_pipeline_over_raw": raw_wall / p_wall,
+        "embed_step_over_raw": raw_wall / split["embed_s"],
+        "parse_share": split["parse_s"] / p_wall,
+        "goals": {"ratio_min": GOAL_RATIO, "parse_share_max": GOAL_PARSE_SHARE},
+        "extraction": {"pypdf": pypdf, "pdfium_parse_pdf": pdfium, "parse_pdf_pypdf_open_s": pypdf_open_s},
+        "chunk_standalone_s": chunk_standalone_s,
+        "chunks": chunk_stats,
+    }
+    result["goals"]["ratio_met"] = result["ratio_pipeline_over_raw"] >= GOAL_RATIO
+    result["goals"]["parse_share_met"] = result["parse_share"] < GOAL_PARSE_SHARE
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"\nJSON: {out}", file=sys.stderr)
+    return result
+
+
+def markdown(r: dict) -> str:
+    p, raw, ex, ch = r["pipeline"], r["raw_encode"], r["extraction"], r["chunks"]
+    s, sh = p["split_s"], p["split_share"]
+    runs = r["runs"]
+    ok = lambda b: "met" if b else "NOT met"  # noqa: E731
+    lines = [
+        f"PDF: {Path(r['pdf']['path']).name}, {r['pdf']['pages']} pages, {r['pdf']['bytes']:,} bytes; "
+        f"{ch['count']} chunks; median of {runs} run(s)",
+        "",
+        "| Measure | Pipeline (`Pipeline.process`) | Raw `encode` (same texts) |",
+        "|---|---:|---:|",
+        f"| Wall time | {p['wall_s']:.2f} s | {raw['wall_s']:.2f} s |",
+        f"| Chunks/s | {p['chunks_per_s']:.1f} | {raw['chunks_per_s']:.1f} |",
+        f"| Pages/s | {p['pages_per_s']:.2f} | {raw['pages_equiv_per_s']:.2f} (page-equivalent) |",
+        "",
+        "| Pipeline step | Time (median) | Share of pipeline wall |",
+        "|---|---:|---:|",
+        *(f"| {k.removesuffix('_s')} | {s[k]:.2f} s | {sh[k]:.1%} |" for k in ("parse_s", "chunk_s", "embed_s", "store_s")),
+        "",
+        "| Ratio / goal | Value | Goal |",
+        "|---|---:|---|",
+        f"| Pipeline / raw throughput | {r['ratio_pipeline_over_raw']:.3f} | >= {GOAL_RATIO} ({ok(r['goals']['ratio_met'])}) |",
+        f"| Parse share of pipeline time | {r['parse_share']:.1%} | < {GOAL_PARSE_SHARE:.0%} "
+        f"({ok(r['goals']['parse_share_met'])}) |",
+        f"| Embed step / raw encode throughput | {r['embed_step_over_raw']:.3f} | (same work; ~1.0 expected) |",
+        "",
+        "| PDF text extraction | Time | Glued words (>20 letters) | Words |",
+        "|---|---:|---:|---:|",
+        f"| pypdf `extract_text` (1 run) | {ex['pypdf']['seconds']:.2f} s | "
+        f"{ex['pypdf']['glued_share']:.2%} ({ex['pypdf']['glued_words']:,}) | {ex['pypdf']['words']:,} |",
+        f"| `parse_pdf` (PDFium; 1 run, incl. {ex['parse_pdf_pypdf_open_s']:.2f} s pypdf open) | "
+        f"{ex['pdfium_parse_pdf']['seconds']:.2f} s | {ex['pdfium_parse_pdf']['glued_share']:.3%} "
+        f"({ex['pdfium_parse_pdf']['glued_words']:,}) | {ex['pdfium_parse_pdf']['words']:,} |",
+        "",
+        "| Chunks | Count | Mean tokens | Max tokens | Over model limit |",
+        "|---|---:|---:|---:|---:|",
+        f"| target {ch['chunk_tokens_target']}, limit {ch['model_limit']} | {ch['count']} | "
+        f"{ch['mean_tokens']:.1f} | {ch['max_tokens']} | {ch['over_limit']} |",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
