@@ -16,10 +16,14 @@ What is compared, and why:
   the parser uses PDFium for text. pypdf is slow, so it runs once.
 * **Chunk stats**: count, mean/max tokens, and how many exceed the model's limit (must be 0:
   nothing may be silently truncated).
+* **Padding** (arithmetic, no model): token positions computed with padding for one length-sorted
+  encode vs the pipeline's slices of ``EMBED_BATCH`` chunks, to explain an embed-step gap.
 
 One process, one shared embedder (warmed up first); pipeline and raw runs alternate so load from
 other work on the machine hits both alike; medians of ``--runs`` runs are reported.
-Prints a Markdown table and writes JSON (default ``bench/results/ingest_pipeline.json``).
+Prints a Markdown table and writes JSON (default ``bench/results/ingest_pipeline.json``, rewritten
+after every run so an interrupted benchmark keeps what it measured). ``--pages N`` uses only the
+first N pages, for a quick check of the script itself.
 
     .venv/bin/python bench/ingest_pipeline.py [--pdf PATH] [--runs 3]
 """
@@ -195,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pages", type=int, default=0, help="only the first N pages (quick smoke run); 0 = all")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
     args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
 
     from ingest.chunker import Chunker
     from ragsvc.embedder import SentenceTransformerEmbedder
@@ -230,7 +236,16 @@ def main(argv: list[str] | None = None) -> dict:
         "counts_match_recount": tokens == recount,
     }
 
+    padding = padded_tokens(texts, recount)
+    pypdf = pypdf_extract(pdf_bytes)  # once: slow, and only its extraction quality/time is compared
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
     pipe_runs, raw_runs = [], []
+    ctx = dict(started=started, pdf_path=pdf_path, pdf_bytes=pdf_bytes, args=args, load_start=load_start,
+               embedder=embedder, load_s=load_s, parsed=parsed, chunks=chunks, pypdf=pypdf, pdfium=pdfium,
+               pypdf_open_s=pypdf_open_s, chunk_standalone_s=chunk_standalone_s, chunk_stats=chunk_stats,
+               padding=padding, pipe_runs=pipe_runs, raw_runs=raw_runs)
     for i in range(args.runs):
         wall, stats, row_texts = run_pipeline(embedder, pdf_bytes, pdf_path.name)
         if row_texts != [c.text for c in chunks]:
@@ -239,9 +254,37 @@ def main(argv: list[str] | None = None) -> dict:
         raw_s = run_raw(model, texts)
         raw_runs.append(raw_s)
         print(f"run {i + 1}/{args.runs}: pipeline {wall:.2f}s {stats}; raw encode {raw_s:.2f}s", file=sys.stderr)
+        # Written after every run, so an interrupted run still leaves its completed measurements.
+        result = build_result(**ctx)
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
-    pypdf = pypdf_extract(pdf_bytes)  # once: slow, and only its extraction quality/time is compared
+    print(markdown(result))
+    print(f"\nJSON: {out}", file=sys.stderr)
+    return result
 
+
+def padded_tokens(texts: list[str], tokens: list[int]) -> dict:
+    """Token positions the model computes (padding included) for one global length-sorted encode vs
+    the pipeline's slices of ``EMBED_BATCH`` chunks, each sorted on its own (sentence-transformers sorts
+    by character length inside each ``encode`` call). Arithmetic only, no encoding."""
+    try:
+        from ingest.pipeline import EMBED_BATCH
+    except ImportError:
+        EMBED_BATCH = len(texts)  # noqa: N806 (older pipeline: one encode call)
+
+    def cost(idx: list[int]) -> int:
+        idx = sorted(idx, key=lambda i: -len(texts[i]))
+        return sum(max(tokens[i] for i in idx[b:b + BATCH]) * len(idx[b:b + BATCH]) for b in range(0, len(idx), BATCH))
+
+    everything = list(range(len(texts)))
+    slices = sum(cost(everything[s:s + EMBED_BATCH]) for s in range(0, len(texts), EMBED_BATCH))
+    whole = cost(everything)
+    return {"real_tokens": sum(tokens), "padded_one_encode": whole, "padded_pipeline_slices": slices,
+            "pipeline_embed_batch": EMBED_BATCH, "slices_over_one_encode": slices / whole}
+
+
+def build_result(*, started, pdf_path, pdf_bytes, args, load_start, embedder, load_s, parsed, chunks, pypdf,
+                 pdfium, pypdf_open_s, chunk_standalone_s, chunk_stats, padding, pipe_runs, raw_runs) -> dict:
     pages, n = parsed.pages, len(chunks)
     p_wall = med([r["wall_s"] for r in pipe_runs])
     split = {k: med([r[k] for r in pipe_runs]) for k in ("parse_s", "chunk_s", "embed_s", "store_s")}
@@ -254,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "first_pages_only": args.pages or None},
         "machine": {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "model": {"name": MODEL, "batch_size": BATCH, "dim": embedder.dim, "load_s": load_s},
-        "runs": args.runs,
+        "runs": len(pipe_runs),
+        "runs_requested": args.runs,
         "pipeline": {
             "wall_s": p_wall, "pages_per_s": pages / p_wall, "chunks_per_s": n / p_wall,
             "split_s": split, "split_share": {k: v / p_wall for k, v in split.items()},
@@ -269,22 +313,17 @@ def main(argv: list[str] | None = None) -> dict:
         "extraction": {"pypdf": pypdf, "pdfium_parse_pdf": pdfium, "parse_pdf_pypdf_open_s": pypdf_open_s},
         "chunk_standalone_s": chunk_standalone_s,
         "chunks": chunk_stats,
+        "padding": padding,
     }
     result["goals"]["ratio_met"] = result["ratio_pipeline_over_raw"] >= GOAL_RATIO
     result["goals"]["parse_share_met"] = result["parse_share"] < GOAL_PARSE_SHARE
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
-    print(f"\nJSON: {out}", file=sys.stderr)
     return result
 
 
 def markdown(r: dict) -> str:
-    p, raw, ex, ch = r["pipeline"], r["raw_encode"], r["extraction"], r["chunks"]
+    p, raw, ex, ch, pad = r["pipeline"], r["raw_encode"], r["extraction"], r["chunks"], r["padding"]
     s, sh = p["split_s"], p["split_share"]
-    runs = r["runs"]
+    runs = r["runs"] if r["runs"] == r["runs_requested"] else f"{r['runs']} (of {r['runs_requested']} requested)"
     ok = lambda b: "met" if b else "NOT met"  # noqa: E731
     lines = [
         f"PDF: {Path(r['pdf']['path']).name}, {r['pdf']['pages']} pages, {r['pdf']['bytes']:,} bytes; "
@@ -319,6 +358,10 @@ def markdown(r: dict) -> str:
         "|---|---:|---:|---:|---:|",
         f"| target {ch['chunk_tokens_target']}, limit {ch['model_limit']} | {ch['count']} | "
         f"{ch['mean_tokens']:.1f} | {ch['max_tokens']} | {ch['over_limit']} |",
+        "",
+        f"Padded token positions (arithmetic): one length-sorted encode {pad['padded_one_encode']:,}; "
+        f"pipeline slices of {pad['pipeline_embed_batch']} {pad['padded_pipeline_slices']:,} "
+        f"(x{pad['slices_over_one_encode']:.3f}); real tokens {pad['real_tokens']:,}.",
     ]
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ class Chunk:
     char_start: int
     char_end: int
     token_count: int = 0
+    page_label: str | None = None
 
     def embedding_input(self) -> str:
         """What is embedded: the heading path gives a section's later chunks their context."""
@@ -42,6 +43,7 @@ class _Seg:
     page: int | None
     heading_path: str
     tokens: int = 0
+    page_label: str | None = None
 
 
 def _sentence_spans(text: str, offset: int) -> list[tuple[int, int]]:
@@ -103,7 +105,8 @@ class Chunker:
             s = start_char + (len(piece) - len(piece.lstrip()))
             e = start_char + len(piece.rstrip())
             if e > s:
-                pieces.append(_Seg(seg.start + s, seg.start + e, seg.page, seg.heading_path))
+                pieces.append(_Seg(seg.start + s, seg.start + e, seg.page, seg.heading_path,
+                                   page_label=seg.page_label))
             start_char = end_char
             i = j
         return pieces
@@ -115,7 +118,7 @@ class Chunker:
             spans = _line_spans(b.text, b.start) if b.kind == "table" else _sentence_spans(b.text, b.start)
             if b.kind == "table" and self.embedder.count_tokens([b.text])[0] <= self.budget - 8:
                 spans = [(b.start, b.start + len(b.text))]
-            segs += [_Seg(s, e, b.page, b.heading_path) for s, e in spans]
+            segs += [_Seg(s, e, b.page, b.heading_path, page_label=b.page_label) for s, e in spans]
         counts = self.embedder.count_tokens([doc.full_text[s.start:s.end] for s in segs])
         out: list[_Seg] = []
         for seg, n in zip(segs, counts):
@@ -154,7 +157,8 @@ class Chunker:
     def _fit(self, doc: ParsedDocument, group: list[_Seg]) -> list[Chunk]:
         """Make one chunk of the group, halving it until its exact token count fits the model."""
         first, last = group[0], group[-1]
-        chunk = Chunk(doc.full_text[first.start:last.end], first.heading_path, first.page, first.start, last.end)
+        chunk = Chunk(doc.full_text[first.start:last.end], first.heading_path, first.page, first.start, last.end,
+                      page_label=first.page_label)
         chunk.token_count = self.embedder.count_tokens([chunk.embedding_input()])[0]
         if chunk.token_count <= self.limit or len(group) == 1:
             if chunk.token_count > self.limit:  # a single over-long piece: should not happen, never silent

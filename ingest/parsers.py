@@ -8,11 +8,13 @@ slower; PDFium spaces them correctly. Every page's glued-word share is measured 
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 
 from ragsvc.errors import ParseError
 
+log = logging.getLogger(__name__)
 GLUED_WORD_LETTERS = 20
 _WORD = re.compile(r"[A-Za-z]+")
 _MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
@@ -27,6 +29,7 @@ class Block:
     heading_path: str = ""
     start: int = 0
     kind: str = "text"  # text, title, list_item, table: tables are kept whole by the chunker
+    page_label: str | None = None  # the printed page number, where the PDF defines one
 
 
 @dataclass
@@ -67,10 +70,11 @@ def parse_pdf(data: bytes) -> ParsedDocument:
     from pypdf.errors import PdfReadError
 
     try:
+        # pypdf for the encryption check only: its page tree walk costs 0.6 s on a 261-page manual,
+        # while PDFium below counts pages, reads the outline and the page labels for free.
         reader = pypdf.PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise ParseError("The PDF is encrypted with a password; upload an unencrypted copy.")
-        n_pages = len(reader.pages)
     except ParseError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
@@ -84,16 +88,23 @@ def parse_pdf(data: bytes) -> ParsedDocument:
         raise ParseError(f"PDFium cannot open the PDF ({exc}).") from exc
     blocks: list[Block] = []
     glued = words = 0
+    n_pages = len(pdf)
     try:
+        toc = _toc(pdf)
+        path: list[str] = []
+        texts = []
         for i in range(len(pdf)):
             page = pdf[i]
             textpage = page.get_textpage()
-            text = _clean_pdf_text(textpage.get_text_range())
+            texts.append(_clean_pdf_text(textpage.get_text_range()))
             textpage.close()
             page.close()
+        for i, text in enumerate(_strip_running_lines(texts)):
             g, w = glued_share(text)
             glued, words = glued + g, words + w
-            blocks.append(Block(text, i + 1))
+            sections, path = _split_at_headings(text, toc.get(i, []), path)
+            label = _page_label(pdf, i)
+            blocks += [Block(t, i + 1, " > ".join(p), page_label=label) for t, p in sections]
     finally:
         pdf.close()
     if not any(b.text.strip() for b in blocks):
@@ -101,6 +112,89 @@ def parse_pdf(data: bytes) -> ParsedDocument:
             f"The PDF has {n_pages} page(s) but no text layer (a scan or images only); OCR is not supported yet."
         )
     return assemble(blocks, n_pages, glued / words if words else 0.0)
+
+
+def _running_key(line: str) -> str:
+    return re.sub(r"\d+", "#", line.strip().lower())
+
+
+def _strip_running_lines(pages: list[str]) -> list[str]:
+    """Drop running headers and footers ("Debian Reference 16 / 233"): a first or last line that,
+    numbers aside, repeats on at least half of the pages. They are noise in every chunk."""
+    if len(pages) < 4:
+        return pages
+    counts: dict[str, int] = {}
+    for text in pages:
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        for key in {_running_key(lines[0]), _running_key(lines[-1])} if lines else ():
+            counts[key] = counts.get(key, 0) + 1
+    running = {k for k, n in counts.items() if k and n >= len(pages) / 2}
+    if not running:
+        return pages
+    out = []
+    for text in pages:
+        lines = text.split("\n")
+        while lines and (not lines[0].strip() or _running_key(lines[0]) in running):
+            lines.pop(0)
+        while lines and (not lines[-1].strip() or _running_key(lines[-1]) in running):
+            lines.pop()
+        out.append("\n".join(lines))
+    return out
+
+
+def _page_label(pdf, index: int) -> str | None:
+    """The printed page number ("16", "iv") when the PDF defines labels and it differs from the index."""
+    try:
+        label = pdf.get_page_label(index)
+    except Exception:  # noqa: BLE001 - labels are a nicety
+        return None
+    return label if label and label != str(index + 1) else None
+
+
+def _toc(pdf) -> dict[int, list[tuple[int, str]]]:
+    """Bookmarks by page index: [(level, title)]. PDFium reads the outline of the Debian Reference in
+    0.1 s where pypdf's ``outline`` takes 1.3 s, so the outline comes from PDFium too."""
+    marks: dict[int, list[tuple[int, str]]] = {}
+    try:
+        for bm in pdf.get_toc(max_depth=8):
+            dest = bm.get_dest()
+            index = dest.get_index() if dest is not None else None
+            title = " ".join((bm.get_title() or "").split())
+            if index is not None and index >= 0 and title:
+                marks.setdefault(index, []).append((bm.level, title))
+    except Exception:  # noqa: BLE001 - a broken outline only costs heading paths, never the text
+        log.warning("PDF outline unreadable; continuing without heading paths", exc_info=True)
+    return marks
+
+
+def _split_at_headings(text: str, marks: list[tuple[int, str]], path: list[str]):
+    """Cut a page where its bookmarked headings start; returns ([(text, heading path)], path after)."""
+    sections, pos, current = [], 0, list(path)
+    for level, title in marks:
+        at = _find_heading(text, title, pos)
+        if at is None:  # heading not visible in the text: it still applies from here on
+            current = current[:level] + [title]
+            continue
+        at = max(pos, _line_start(text, at))
+        if text[pos:at].strip():
+            sections.append((text[pos:at].strip(), current))
+        current = current[:level] + [title]
+        pos = at
+    if text[pos:].strip():
+        sections.append((text[pos:].strip(), current))
+    return sections, current
+
+
+def _find_heading(text: str, title: str, start: int) -> int | None:
+    pattern = r"\s+".join(re.escape(w) for w in title.split())
+    m = re.search(pattern, text[start:])
+    return start + m.start() if m else None
+
+
+def _line_start(text: str, at: int) -> int:
+    """Back up to the start of the heading's line, so a number like "1.2.12" stays with its title."""
+    nl = text.rfind("\n", 0, at)
+    return nl + 1 if at - nl <= 16 else at
 
 
 def decode_text(data: bytes) -> str:

@@ -101,7 +101,7 @@ class Pipeline:
                                 parsed, reused=len(chunks) - len(todo))
         t_done = time.perf_counter()
         stats = {
-            "chunks": len(chunks), "pages": parsed.pages, "reused_chunks": len(chunks) - len(todo),
+            "collection_id": collection_id, "chunks": len(chunks), "pages": parsed.pages, "reused_chunks": len(chunks) - len(todo),
             "parse_s": round(t_parsed - t0, 3), "chunk_s": round(t_chunked - t_parsed, 3),
             "embed_s": round(t_embedded - t_chunked, 3), "store_s": round(t_done - t_embedded, 3),
             "replaced": replaced,
@@ -119,8 +119,8 @@ class Pipeline:
             session.execute(delete(Chunk).where(Chunk.document_id == document_id))
             rows = [
                 Chunk(document_id=document_id, ordinal=i, text=c.text, heading_path=c.heading_path,
-                      page_start=c.page, page_end=c.page, char_start=c.char_start, char_end=c.char_end,
-                      token_count=c.token_count, content_hash=h)
+                      page_start=c.page, page_end=c.page, page_label=c.page_label, char_start=c.char_start,
+                      char_end=c.char_end, token_count=c.token_count, content_hash=h)
                 for i, (c, h) in enumerate(zip(chunks, hashes))
             ]
             session.add_all(rows)

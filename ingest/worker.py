@@ -21,16 +21,20 @@ from ingest.pipeline import Pipeline
 from ragsvc.db import Document, DocumentStatus, Job, JobStatus
 from ragsvc.db.models import utcnow
 from ragsvc.errors import IngestError
+from ragsvc.keyword_index import KeywordStore, rebuild_from_db
 from ragsvc.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], pipeline: Pipeline,
+                 keywords: KeywordStore | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.pipeline = pipeline
+        self.keywords = keywords
+        self._dirty: set[str] = set()  # collections whose keyword index is behind
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.stop = threading.Event()
 
@@ -94,10 +98,28 @@ class Worker:
                 session.execute(update(Document).where(Document.id == document_id)
                                 .values(status=DocumentStatus.FAILED, error=error, stage=None))
 
+    def _more_queued(self, collection_id: str) -> bool:
+        with self.sessions() as session:
+            return session.scalar(
+                select(Job.id).join(Document).where(Document.collection_id == collection_id,
+                                                    Job.status == JobStatus.QUEUED).limit(1)
+            ) is not None
+
+    def flush_keywords(self) -> None:
+        """Rebuild the BM25 index of every collection changed since the last flush."""
+        while self._dirty and self.keywords is not None:
+            collection_id = self._dirty.pop()
+            try:
+                n = rebuild_from_db(self.sessions, self.keywords, collection_id)
+                log.info("keyword index of collection %s rebuilt (%d chunks)", collection_id, n)
+            except Exception:  # noqa: BLE001 - dense search still works; the next change retries
+                log.exception("keyword index rebuild for %s failed", collection_id)
+
     def run_one(self) -> bool:
         """Process one job if there is one; returns whether a job was found."""
         claimed = self.claim()
         if claimed is None:
+            self.flush_keywords()
             return False
         job_id, document_id = claimed
         done = threading.Event()
@@ -105,7 +127,11 @@ class Worker:
         beat.start()
         error = None
         try:
-            self.pipeline.process(document_id)
+            stats = self.pipeline.process(document_id)
+            self._dirty.add(stats["collection_id"])
+            # Rebuild now unless more of this collection's documents are queued (bulk uploads rebuild once).
+            if not self._more_queued(stats["collection_id"]):
+                self.flush_keywords()
         except IngestError as exc:
             error = exc.detail
             log.warning("document %s failed: %s", document_id, error)

@@ -25,6 +25,7 @@ from ragsvc.documents import DocumentService
 from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.generation import EngineSlot, VllmGenerator
 from ragsvc.index_store import IndexStore
+from ragsvc.keyword_index import KeywordStore
 from ragsvc.settings import Settings
 from ragsvc.supervisor import WorkerSupervisor
 
@@ -44,8 +45,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SentenceTransformerEmbedder, settings.embedding_model, settings.embedding_device,
             settings.embedding_batch_size)
         state.index_store = IndexStore(settings.index_dir, embedder.dim)
-        state.documents = DocumentService(settings, state.sessions, state.index_store)
-        state.asker = AskService(settings, state.sessions, embedder, state.index_store, state.engine)
+        keywords = KeywordStore(settings.index_dir)
+        state.documents = DocumentService(settings, state.sessions, state.index_store, keywords)
+        state.asker = AskService(settings, state.sessions, embedder, state.index_store, keywords, state.engine)
         supervisor = WorkerSupervisor(settings) if settings.embedded_worker else None
         if supervisor:
             supervisor.start()

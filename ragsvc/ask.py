@@ -17,6 +17,7 @@ from ragsvc.embedder import Embedder
 from ragsvc.errors import InvalidInput, NotFound
 from ragsvc.generation import EngineSlot
 from ragsvc.index_store import IndexStore
+from ragsvc.keyword_index import KeywordStore
 from ragsvc.prompts import build_messages, format_passages, mode_plan, profile_for
 from ragsvc.retrieval import Passage, retrieve
 from ragsvc.settings import Settings
@@ -43,19 +44,22 @@ def split_reasoning(text: str) -> tuple[str, str]:
 
 def passage_json(n: int, p: Passage) -> dict:
     return {
-        "n": n, "document_id": p.document_id, "filename": p.filename, "page": p.page,
+        "n": n, "document_id": p.document_id, "filename": p.filename, "page": p.page, "page_label": p.page_label,
         "heading_path": p.heading_path, "char_start": p.char_start, "char_end": p.char_end,
-        "text": p.text, "score": round(p.score, 4),
+        "text": p.text, "score": round(p.score, 5),
+        "dense_score": None if p.dense_score is None else round(p.dense_score, 4),
+        "keyword_score": None if p.keyword_score is None else round(p.keyword_score, 4),
     }
 
 
 class AskService:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], embedder: Embedder,
-                 store: IndexStore, engine: EngineSlot) -> None:
+                 store: IndexStore, keywords: KeywordStore | None, engine: EngineSlot) -> None:
         self.settings = settings
         self.sessions = sessions
         self.embedder = embedder
         self.store = store
+        self.keywords = keywords
         self.engine = engine
         self.checker = CitationChecker(embedder, settings.support_threshold)
 
@@ -72,8 +76,8 @@ class AskService:
             coll = session.scalar(select(Collection).where(Collection.name == req.collection))
             if coll is None:
                 raise NotFound(f"There is no collection named {req.collection!r}; upload a document to create it.")
-            return retrieve(session, self.embedder, self.store, coll.id, req.question.strip(), k,
-                            self.settings.relative_score_cut)
+            return retrieve(session, self.embedder, self.store, self.keywords, coll.id, req.question.strip(),
+                            k, self.settings.relative_score_cut)
 
     async def ask(self, req: AskRequest) -> dict:
         k = self.validate(req)

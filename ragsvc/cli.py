@@ -43,6 +43,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from ragsvc.db.session import make_engine, make_sessionmaker
     from ragsvc.embedder import SentenceTransformerEmbedder
     from ragsvc.index_store import IndexStore
+    from ragsvc.keyword_index import KeywordStore
 
     if settings.auto_migrate:
         upgrade(settings.resolved_database_url)
@@ -51,8 +52,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.embedding_device,
                                            settings.embedding_batch_size)
     store = IndexStore(settings.index_dir, embedder.dim)
-    worker = Worker(settings, sessions, Pipeline(sessions, embedder, store, settings.chunk_tokens,
-                                                      settings.files_dir.resolve()))
+    pipeline = Pipeline(sessions, embedder, store, settings.chunk_tokens, settings.files_dir.resolve())
+    worker = Worker(settings, sessions, pipeline, KeywordStore(settings.index_dir))
 
     def _stop(signum, _frame):  # noqa: ANN001
         logging.getLogger(__name__).info("signal %s: finishing the current job, then stopping", signum)
@@ -64,6 +65,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         if args.once:
             while worker.run_one():
                 pass
+            worker.flush_keywords()
         else:
             worker.run_forever()
     finally:

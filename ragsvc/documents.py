@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ from ragsvc.db import Chunk, Collection, Document, DocumentStatus, Job
 from ragsvc.errors import Conflict, InvalidInput, NotFound
 from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
+from ragsvc.keyword_index import KeywordStore, rebuild_from_db
 from ragsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,12 @@ def display_filename(name: str | None) -> str:
 
 
 class DocumentService:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: IndexStore) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: IndexStore,
+                 keywords: KeywordStore | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
+        self.keywords = keywords
         self.files_dir = settings.files_dir.resolve()
 
     # --- collections -------------------------------------------------------------------------
@@ -115,7 +119,9 @@ class DocumentService:
             coll_id = coll.id
             session.delete(coll)
             session.commit()
-        self.store.drop(coll_id)
+        self.store.drop(coll_id)  # the folder holds the FAISS and the BM25 index
+        if self.keywords:
+            self.keywords.drop(coll_id)
         for doc_id in doc_ids:
             shutil.rmtree(self.files_dir / doc_id, ignore_errors=True)
 
@@ -218,6 +224,15 @@ class DocumentService:
             session.commit()
         self.store.remove(collection_id, chunk_ids)
         shutil.rmtree(self.files_dir / document_id, ignore_errors=True)
+        if self.keywords:
+            # Off the request path: the rows are gone, so no search can return the text meanwhile.
+            threading.Thread(target=self._rebuild_keywords, args=(collection_id,), daemon=True).start()
+
+    def _rebuild_keywords(self, collection_id: str) -> None:
+        try:
+            rebuild_from_db(self.sessions, self.keywords, collection_id)
+        except Exception:  # noqa: BLE001 - dense search keeps working; the next change rebuilds
+            log.exception("keyword index rebuild for %s failed", collection_id)
 
     # --- jobs --------------------------------------------------------------------------------
     def jobs(self, status: str | None = None, limit: int = 200) -> list[dict]:

@@ -120,3 +120,40 @@ def zip_bomb(name_inside: str = "word/document.xml", size: int = 600 * 1024 * 10
             for _ in range(size >> 20):
                 f.write(chunk)
     return buf.getvalue()
+
+
+def make_manual_pdf() -> bytes:
+    """Five pages with a running header, an outline (bookmarks) and two sections on page 3."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    pages = [
+        [("1 Introduction", 0), "This manual covers the harbour's cranes and ferries."],
+        ["The harbour was founded in 1850 by fishermen."],
+        ["Cranes are greased weekly.", ("2 Ferries", 0), "The ferry Norrsken sails hourly.",
+         ("2.1 Tickets", 1), "Tickets are sold on board."],
+        ["Children under seven travel free."],
+        [("3 Safety", 0), "Life jackets are under the benches."],
+    ]
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=A4, invariant=1)
+    for number, items in enumerate(pages, 1):
+        y = 800
+        c.setFont("Helvetica", 9)
+        c.drawString(50, y, f"Harbour Manual {number} / {len(pages)}")  # running header
+        y -= 30
+        for item in items:
+            if isinstance(item, tuple):
+                title, level = item
+                key = f"k{number}-{title}"
+                c.bookmarkHorizontal(key, 0, y + 20)
+                c.addOutlineEntry(title.split(" ", 1)[1], key, level=level)
+                c.setFont("Helvetica-Bold", 13)
+                c.drawString(50, y, title)
+            else:
+                c.setFont("Helvetica", 11)
+                c.drawString(50, y, item)
+            y -= 24
+        c.showPage()
+    c.save()
+    return buf.getvalue()

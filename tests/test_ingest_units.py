@@ -121,3 +121,17 @@ def test_index_store_add_search_remove_and_reload(tmp_path, embedder):
     assert reader.search("missing", np.zeros(embedder.dim, dtype=np.float32), 3) == []
     writer.drop("c1")
     assert reader.size("c1") == 0
+
+
+def test_pdf_outline_gives_heading_paths_and_running_headers_go():
+    from tests.docmaker import make_manual_pdf
+
+    doc = parse_pdf(make_manual_pdf())
+    assert "Harbour Manual" not in doc.full_text
+    by_text = {b.text.splitlines()[-1]: (b.page, b.heading_path) for b in doc.blocks}
+    assert by_text["Cranes are greased weekly."] == (3, "Introduction")
+    assert by_text["The ferry Norrsken sails hourly."] == (3, "Ferries")
+    assert by_text["Tickets are sold on board."] == (3, "Ferries > Tickets")
+    assert by_text["Children under seven travel free."] == (4, "Ferries > Tickets")
+    assert by_text["Life jackets are under the benches."] == (5, "Safety")
+    assert any(b.text.startswith("2.1 Tickets") for b in doc.blocks)  # the heading starts its section

@@ -1,4 +1,4 @@
-"""progress, document versions and chunk content hashes
+"""progress, document versions, chunk content hashes and page labels
 
 Revision ID: 0002
 Revises: 0001
@@ -23,12 +23,14 @@ def upgrade() -> None:
                                     ondelete="SET NULL")
     with op.batch_alter_table("chunks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("content_hash", sa.String(length=64), nullable=False, server_default=""))
+        batch_op.add_column(sa.Column("page_label", sa.String(length=32), nullable=True))
         batch_op.create_index(batch_op.f("ix_chunks_content_hash"), ["content_hash"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("chunks", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_chunks_content_hash"))
+        batch_op.drop_column("page_label")
         batch_op.drop_column("content_hash")
     with op.batch_alter_table("documents", schema=None) as batch_op:
         batch_op.drop_constraint("fk_documents_replaces_id", type_="foreignkey")

@@ -92,6 +92,7 @@ class Chunk(Base):
     heading_path: Mapped[str] = mapped_column(Text, default="")
     page_start: Mapped[int | None] = mapped_column(Integer, default=None)
     page_end: Mapped[int | None] = mapped_column(Integer, default=None)
+    page_label: Mapped[str | None] = mapped_column(String(32), default=None)  # the printed number
     char_start: Mapped[int] = mapped_column(Integer)
     char_end: Mapped[int] = mapped_column(Integer)
     token_count: Mapped[int] = mapped_column(Integer)
