@@ -36,5 +36,8 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: setup
+	$(BIN)/python bench/ingest_pipeline.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) data

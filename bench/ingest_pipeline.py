@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def padded_tokens(texts: list[str], tokens: list[int]) -> dict:
     """Token positions the model computes (padding included) for one global length-sorted encode vs
-    the pipeline's slices of ``EMBED_BATCH`` chunks, each sorted on its own (sentence-transformers sorts
-    by character length inside each ``encode`` call). Arithmetic only, no encoding."""
+    the pipeline's slices of ``EMBED_BATCH`` length-sorted chunks (sentence-transformers also sorts by
+    character length inside each ``encode`` call). Arithmetic only, no encoding."""
     try:
         from ingest.pipeline import EMBED_BATCH
     except ImportError:
@@ -277,7 +277,9 @@ def padded_tokens(texts: list[str], tokens: list[int]) -> dict:
         return sum(max(tokens[i] for i in idx[b:b + BATCH]) * len(idx[b:b + BATCH]) for b in range(0, len(idx), BATCH))
 
     everything = list(range(len(texts)))
-    slices = sum(cost(everything[s:s + EMBED_BATCH]) for s in range(0, len(texts), EMBED_BATCH))
+    # The pipeline sorts its chunks by token count before slicing (ingest/pipeline.py).
+    in_order = sorted(everything, key=lambda i: tokens[i])
+    slices = sum(cost(in_order[s:s + EMBED_BATCH]) for s in range(0, len(texts), EMBED_BATCH))
     whole = cost(everything)
     return {"real_tokens": sum(tokens), "padded_one_encode": whole, "padded_pipeline_slices": slices,
             "pipeline_embed_batch": EMBED_BATCH, "slices_over_one_encode": slices / whole}

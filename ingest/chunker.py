@@ -84,7 +84,7 @@ class Chunker:
         """Cut a sentence longer than the budget at whitespace, using the tokenizer's offsets."""
         text = full[seg.start:seg.end]
         tok = self.embedder._tokenizer  # type: ignore[attr-defined]
-        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
         room = self.budget - SPECIAL_TOKENS - 8  # headroom for a heading-path prefix
         pieces, i = [], 0
         start_char = 0
@@ -149,16 +149,23 @@ class Chunker:
             else:
                 groups[-1].append(seg)
                 used += cost
+        candidates = [self._candidate(doc, g) for g in groups]
+        # One batched count for all chunks; only the rare chunk over the model limit is split again.
+        counts = self.embedder.count_tokens([c.embedding_input() for c in candidates])
         chunks: list[Chunk] = []
-        for g in groups:
-            chunks.extend(self._fit(doc, g))
+        for g, c, n in zip(groups, candidates, counts):
+            c.token_count = n
+            chunks.extend([c] if n <= self.limit else self._fit(doc, g))
         return chunks
+
+    def _candidate(self, doc: ParsedDocument, group: list[_Seg]) -> Chunk:
+        first, last = group[0], group[-1]
+        return Chunk(doc.full_text[first.start:last.end], first.heading_path, first.page, first.start, last.end,
+                     page_label=first.page_label)
 
     def _fit(self, doc: ParsedDocument, group: list[_Seg]) -> list[Chunk]:
         """Make one chunk of the group, halving it until its exact token count fits the model."""
-        first, last = group[0], group[-1]
-        chunk = Chunk(doc.full_text[first.start:last.end], first.heading_path, first.page, first.start, last.end,
-                      page_label=first.page_label)
+        chunk = self._candidate(doc, group)
         chunk.token_count = self.embedder.count_tokens([chunk.embedding_input()])[0]
         if chunk.token_count <= self.limit or len(group) == 1:
             if chunk.token_count > self.limit:  # a single over-long piece: should not happen, never silent

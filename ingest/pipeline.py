@@ -25,7 +25,7 @@ from ragsvc.errors import IngestError
 from ragsvc.index_store import IndexStore
 
 log = logging.getLogger(__name__)
-EMBED_BATCH = 64  # chunks per progress update (sentence-transformers batches inside it)
+EMBED_BATCH = 128  # chunks per progress update (sentence-transformers batches inside it)
 
 
 def content_hash(text: str) -> str:
@@ -91,6 +91,9 @@ class Pipeline:
             if h in reuse:
                 vectors[i] = reuse[h]
         self._progress(document_id, "embedding", 0.0, chunks=len(chunks))
+        # Sorted by length across the whole document, so every slice pads little (slicing an unsorted
+        # list cost 6.5% extra token positions on the Debian Reference); a progress update per slice.
+        todo.sort(key=lambda i: chunks[i].token_count)
         for start in range(0, len(todo), EMBED_BATCH):
             batch = todo[start:start + EMBED_BATCH]
             vectors[batch] = self.embedder.embed([inputs[i] for i in batch])

@@ -56,7 +56,8 @@ class SentenceTransformerEmbedder:
         if not texts:
             return []
         with self._lock:
-            enc = self._tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+            # verbose=False: counting a text longer than the model limit is the point, not a mistake.
+            enc = self._tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in enc]
 
     def embed(self, texts: list[str]) -> np.ndarray:
