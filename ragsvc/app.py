@@ -24,7 +24,7 @@ from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import DocumentService
 from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.generation import EngineSlot, VllmGenerator
-from ragsvc.index_store import IndexStore
+from ragsvc.index_store import make_index_store
 from ragsvc.keyword_index import KeywordStore
 from ragsvc.settings import Settings
 from ragsvc.supervisor import WorkerSupervisor
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         embedder = await asyncio.to_thread(
             SentenceTransformerEmbedder, settings.embedding_model, settings.embedding_device,
             settings.embedding_batch_size)
-        state.index_store = IndexStore(settings.index_dir, embedder.dim)
+        state.index_store = make_index_store(settings, embedder.dim)
         keywords = KeywordStore(settings.index_dir)
         state.documents = DocumentService(settings, state.sessions, state.index_store, keywords)
         state.asker = AskService(settings, state.sessions, embedder, state.index_store, keywords, state.engine)

@@ -42,7 +42,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from ragsvc.db.migrate import upgrade
     from ragsvc.db.session import make_engine, make_sessionmaker
     from ragsvc.embedder import SentenceTransformerEmbedder
-    from ragsvc.index_store import IndexStore
+    from ragsvc.index_store import make_index_store
     from ragsvc.keyword_index import KeywordStore
 
     if settings.auto_migrate:
@@ -51,7 +51,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     sessions = make_sessionmaker(engine)
     embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.embedding_device,
                                            settings.embedding_batch_size)
-    store = IndexStore(settings.index_dir, embedder.dim)
+    store = make_index_store(settings, embedder.dim)
     pipeline = Pipeline(sessions, embedder, store, settings.chunk_tokens, settings.files_dir.resolve())
     worker = Worker(settings, sessions, pipeline, KeywordStore(settings.index_dir))
 

@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, description="Attempts before a job that keeps crashing its worker is failed.")
 
     # --- retrieval ----------------------------------------------------------------
+    index_kind: Literal["flat", "ivf"] = Field(
+        "flat", description="FAISS index: `flat` (exact) or `ivf` (approximate inverted file, for large "
+        "collections; a collection stays exact until it holds `RAGSVC_IVF_MIN_VECTORS`)."
+    )
+    ivf_min_vectors: int = Field(100_000, description="Vectors at which an `ivf` collection is trained and converted.")
+    ivf_nprobe: int = Field(16, description="Inverted lists an `ivf` search visits (more: better recall, slower).")
+    faiss_gpu: bool = Field(
+        True, description="Search on the GPU when faiss-gpu sees one (the index on disk stays a CPU index)."
+    )
     top_k: int = Field(5, description="Passages retrieved per question when the request gives no `top_k`.")
     max_top_k: int = Field(50, description="Largest `top_k` a request may ask for.")
     relative_score_cut: float = Field(

@@ -135,3 +135,29 @@ def test_pdf_outline_gives_heading_paths_and_running_headers_go():
     assert by_text["Children under seven travel free."] == (4, "Ferries > Tickets")
     assert by_text["Life jackets are under the benches."] == (5, "Safety")
     assert any(b.text.startswith("2.1 Tickets") for b in doc.blocks)  # the heading starts its section
+
+
+def test_ivf_collection_converts_searches_and_deletes(tmp_path):
+    import faiss
+
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((40, 384)).astype(np.float32)
+    vecs = centers[rng.integers(0, 40, 6000)] + 0.6 * rng.standard_normal((6000, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    writer = IndexStore(tmp_path, 384, kind="ivf", ivf_min_vectors=5000, nprobe=16)
+    reader = IndexStore(tmp_path, 384, kind="ivf", nprobe=16)
+    writer.add("c", list(range(1000)), vecs[:1000])
+    assert "IVF" not in type(faiss.read_index(str(tmp_path / "c" / "index.faiss"))).__name__  # still exact
+    writer.add("c", list(range(1000, 6000)), vecs[1000:])
+    assert "IVF" in type(faiss.read_index(str(tmp_path / "c" / "index.faiss"))).__name__
+    exact = faiss.IndexFlatIP(384)
+    exact.add(vecs)
+    queries = vecs[:50] + 0.05 * rng.standard_normal((50, 384)).astype(np.float32)
+    _, truth = exact.search(queries, 10)
+    recall = np.mean([len(set(truth[i]) & {h for h, _ in reader.search("c", queries[i], 10)}) / 10
+                      for i in range(50)])
+    assert recall >= 0.95
+    assert writer.remove("c", [5, 6, 7]) == 3 and reader.size("c") == 5997
+    assert 5 not in {h for h, _ in reader.search("c", vecs[5], 10)}
+    writer.add("c", [8], vecs[8:9])  # re-adding an id replaces it
+    assert reader.size("c") == 5997
