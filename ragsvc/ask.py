@@ -1,12 +1,16 @@
-"""The ask service: retrieve, prompt, generate on vLLM, then check and resolve citations."""
+"""The ask service: route, retrieve (hybrid, multi-hop in reasoning mode), pack into the context window,
+generate on vLLM, strip the think block as it streams, then check and resolve citations.
+
+One code path serves every interface: :meth:`AskService.events` yields the stream of events
+(``retrieval``, ``reasoning``, ``answer`` deltas, ``final``); the JSON answer is its ``final`` event.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,31 +19,42 @@ from ragsvc.citations import CitationChecker
 from ragsvc.db import Collection
 from ragsvc.embedder import Embedder
 from ragsvc.errors import InvalidInput, NotFound
-from ragsvc.generation import EngineSlot
+from ragsvc.generation import EngineSlot, Generator
 from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import KeywordStore
+from ragsvc.multihop import follow_up_queries
+from ragsvc.packing import Packed, pack
 from ragsvc.prompts import build_messages, format_passages, mode_plan, profile_for
 from ragsvc.retrieval import Passage, retrieve
+from ragsvc.router import Route, route
 from ragsvc.settings import Settings
+from ragsvc.think import ThinkSplitter
 
 NO_ANSWER = "The documents in this collection do not contain anything relevant to this question."
-_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.S)
+SCAFFOLD_MARGIN = 16  # tokens of slack between the exact budget and the model's limit
 
 
 @dataclass
 class AskRequest:
     question: str
-    mode: Literal["off", "on"] = "off"
+    mode: Literal["auto", "off", "on"] = "auto"
     collection: str = "default"
     top_k: int | None = None
     include_reasoning: bool = False
+    document_ids: list[str] | None = None
+    dry_run: bool = False
 
 
-def split_reasoning(text: str) -> tuple[str, str]:
-    """(answer, reasoning): remove ``<think>…</think>``, also when the close tag never came."""
-    reasoning = "\n".join(m.group(1).strip() for m in _THINK.finditer(text))
-    answer = _THINK.sub("", text).replace("</think>", "")
-    return answer.strip(), reasoning
+@dataclass
+class _Plan:
+    mode: str
+    reason: str
+    passages: list[Passage] = field(default_factory=list)
+    packed: Packed | None = None
+    messages: list[dict] = field(default_factory=list)
+    prefill: str = ""
+    prompt_tokens: int = 0
+    queries: list[str] = field(default_factory=list)
 
 
 def passage_json(n: int, p: Passage) -> dict:
@@ -63,70 +78,183 @@ class AskService:
         self.engine = engine
         self.checker = CitationChecker(embedder, settings.support_threshold)
 
-    def validate(self, req: AskRequest) -> int:
+    # --- validation and retrieval --------------------------------------------------------------
+    def validate(self, req: AskRequest) -> None:
         if not req.question or not req.question.strip():
             raise InvalidInput("The question is empty; send a JSON body like {\"question\": \"...\"}.")
-        k = req.top_k if req.top_k is not None else self.settings.top_k
-        if not 1 <= k <= self.settings.max_top_k:
-            raise InvalidInput(f"top_k must be between 1 and {self.settings.max_top_k}; got {k}.")
-        return k
+        if req.top_k is not None and not 1 <= req.top_k <= self.settings.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {self.settings.max_top_k}; got {req.top_k}.")
 
-    def _retrieve(self, req: AskRequest, k: int) -> list[Passage]:
+    def _collection_id(self, session: Session, name: str) -> str:
+        coll = session.scalar(select(Collection).where(Collection.name == name))
+        if coll is None:
+            raise NotFound(f"There is no collection named {name!r}; upload a document to create it.")
+        return coll.id
+
+    def _retrieve(self, req: AskRequest, question: str, k: int, collection_id: str | None = None) -> list[Passage]:
         with self.sessions() as session:
-            coll = session.scalar(select(Collection).where(Collection.name == req.collection))
-            if coll is None:
-                raise NotFound(f"There is no collection named {req.collection!r}; upload a document to create it.")
-            return retrieve(session, self.embedder, self.store, self.keywords, coll.id, req.question.strip(),
-                            k, self.settings.relative_score_cut)
+            coll = collection_id or self._collection_id(session, req.collection)
+            return retrieve(session, self.embedder, self.store, self.keywords, coll, question, k,
+                            self.settings.relative_score_cut, req.document_ids)
+
+    def _multi_hop(self, req: AskRequest, question: str, first: list[Passage], k: int) -> tuple[list[Passage], list[str]]:
+        """Retrieve again for sub-questions and bridge entities; append what is new, best first."""
+        queries = follow_up_queries(question, [p.text for p in first[:5]], self.settings.multi_hop_queries)
+        seen = {p.chunk_id for p in first}
+        merged = list(first)
+        with self.sessions() as session:
+            coll = self._collection_id(session, req.collection)
+        for q in queries:
+            for p in self._retrieve(req, q, max(3, k // 3), coll):
+                if p.chunk_id not in seen:
+                    seen.add(p.chunk_id)
+                    merged.append(p)
+        return merged, queries
+
+    # --- planning ------------------------------------------------------------------------------
+    def _route(self, req: AskRequest, question: str, passages: list[Passage]) -> Route:
+        if req.mode in ("on", "off"):
+            return Route(req.mode, "asked for explicitly", 0.0)
+        top = passages[:5]
+        spread = len({p.document_id for p in top})
+        dense = sorted((p.dense_score or 0.0 for p in top), reverse=True)
+        margin = dense[0] - dense[1] if len(dense) > 1 else None
+        return route(question, spread, margin)
+
+    def _pack(self, generator: Generator, profile: str, mode: str, question: str, passages: list[Passage],
+              top_k: int | None = None) -> _Plan:
+        plan = mode_plan(profile, mode, self.settings.max_tokens_off, self.settings.max_tokens_on)
+        max_len = getattr(generator, "max_model_len", 4096)
+        reserve = min(plan.max_tokens, max_len // 2)  # small contexts: keep room for passages
+        empty, prefill = build_messages(profile, mode, question, "")
+        scaffold = generator.count_prompt(empty, prefill)
+        room = max_len - reserve - scaffold - SCAFFOLD_MARGIN
+        cap = self.settings.passage_tokens_on if mode == "on" else self.settings.passage_tokens_off
+        budget = min(room, cap) if cap > 0 else room
+        limit = self.settings.max_passages_on if mode == "on" else self.settings.max_passages_off
+        if top_k:  # a top_k the request asked for caps what reaches the prompt
+            limit = min(limit, top_k)
+        packed = pack(passages, generator.count_tokens, max(budget, 0), limit)
+        total = packed.dropped + len(packed.passages)
+        while True:  # the exact count of the rendered prompt decides; drop the least relevant until it fits
+            block = format_passages([(i, p.label, " ".join(p.text.split())) for i, p in enumerate(packed.passages, 1)])
+            messages, prefill = build_messages(profile, mode, question, block)
+            tokens = generator.count_prompt(messages, prefill)
+            if tokens + reserve <= max_len or not packed.passages:
+                break
+            ranked = sorted(packed.passages, key=lambda p: -p.score)
+            packed = pack(ranked[:-1], generator.count_tokens, budget, limit)
+            packed.dropped = total - len(packed.passages)
+        return _Plan(mode, "", passages, packed, messages, prefill, tokens)
+
+    # --- the event stream ----------------------------------------------------------------------
+    async def events(self, req: AskRequest) -> AsyncIterator[tuple[str, dict]]:
+        """Yield ``(event, data)``: ``retrieval``, then ``reasoning``/``answer`` deltas, then ``final``."""
+        self.validate(req)
+        generator = self.engine.get()  # fail fast (503) before any work while the model loads
+        question = req.question.strip()
+        t0 = time.perf_counter()
+        k_first = req.top_k or self.settings.top_k
+        passages = await asyncio.to_thread(self._retrieve, req, question, k_first)
+        decision = self._route(req, question, passages)
+        queries: list[str] = []
+        if decision.mode == "on":
+            k = req.top_k or self.settings.top_k_on
+            if k > k_first:
+                passages = await asyncio.to_thread(self._retrieve, req, question, k)
+            if self.settings.multi_hop_queries > 0:
+                passages, queries = await asyncio.to_thread(self._multi_hop, req, question, passages, k)
+        t_retrieved = time.perf_counter()
+        best = max((p.dense_score or 0.0 for p in passages), default=0.0)
+        if not passages or best < self.settings.min_relevance:
+            # Nothing relevant: say so without spending a model call.
+            yield "final", self._final(NO_ANSWER, decision, generator.model_name, [], [], [], None,
+                                       {"prompt_tokens": 0, "completion_tokens": 0, "passage_tokens": 0},
+                                       {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
+                                        "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
+            return
+        profile = profile_for(generator.model_name, self.settings.llm_prompt_profile)
+        plan = await asyncio.to_thread(self._pack, generator, profile, decision.mode, question, passages, req.top_k)
+        packed = plan.packed
+        shown = [passage_json(i, p) for i, p in enumerate(packed.passages, 1)]
+        yield "retrieval", {"mode": decision.mode, "mode_reason": decision.reason, "passages": shown,
+                            "queries": queries}
+        usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": 0,
+                 "passage_tokens": packed.passage_tokens, "passage_budget": packed.budget,
+                 "passages_dropped": packed.dropped}
+        if req.dry_run:
+            yield "final", self._final("", decision, generator.model_name, [], shown, [], None, usage,
+                                       {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
+                                        "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
+            return
+        sampling = mode_plan(profile, decision.mode, self.settings.max_tokens_off, self.settings.max_tokens_on)
+        splitter = ThinkSplitter()
+        totals = None
+        t_first = None
+        async for delta, totals in generator.stream(plan.messages, plan.prefill, sampling):
+            answer_part, reasoning_part = splitter.feed(delta)
+            if (answer_part or reasoning_part) and t_first is None:
+                t_first = time.perf_counter()
+            if reasoning_part and req.include_reasoning:
+                yield "reasoning", {"delta": reasoning_part}
+            if answer_part:
+                yield "answer", {"delta": answer_part}
+        tail_answer, tail_reasoning = splitter.close()
+        if tail_reasoning and req.include_reasoning:
+            yield "reasoning", {"delta": tail_reasoning}
+        if tail_answer:
+            yield "answer", {"delta": tail_answer}
+        t_generated = time.perf_counter()
+        # Reasoning never reaches citation parsing: only the answer text is checked.
+        answer, sentences, dropped = await asyncio.to_thread(
+            self.checker.check, splitter.answer.strip(), [p.text for p in packed.passages])
+        citations = self._citations(sentences, packed.passages)
+        usage["completion_tokens"] = totals.completion_tokens if totals else 0
+        usage["prompt_tokens"] = totals.prompt_tokens if totals else plan.prompt_tokens
+        result = self._final(
+            answer, decision, generator.model_name, citations, shown, dropped,
+            totals.finish_reason if totals else None, usage,
+            {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": _ms(t_retrieved, t_generated),
+             "first_token_ms": _ms(t0, t_first) if t_first else None, "total_ms": _ms(t0, time.perf_counter())},
+            queries,
+        )
+        result["sentences"] = [
+            {"text": s.text, "citations": [{"n": c.n, "support": round(c.support, 4), "supported": c.supported,
+                                            "inferred": c.inferred} for c in s.citations]}
+            for s in sentences]
+        result["unsupported_sentences"] = [s.text for s in sentences
+                                           if s.is_claim and not any(c.supported for c in s.citations)]
+        if req.include_reasoning:
+            result["reasoning"] = splitter.reasoning.strip()
+        yield "final", result
 
     async def ask(self, req: AskRequest) -> dict:
-        k = self.validate(req)
-        generator = self.engine.get()  # fail fast (503) before any work while the model loads
-        t0 = time.perf_counter()
-        passages = await asyncio.to_thread(self._retrieve, req, k)
-        t_retrieved = time.perf_counter()
-        if not passages:
-            # Nothing indexed that could answer: say so without spending a model call.
-            return _response(NO_ANSWER, req.mode, generator.model_name, [], [], [], None,
-                             {"prompt_tokens": 0, "completion_tokens": 0},
-                             {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
-                              "total_ms": _ms(t0, time.perf_counter())})
-        profile = profile_for(generator.model_name, self.settings.llm_prompt_profile)
-        # PDF line wraps carry no meaning; collapsed whitespace reads better to the model and costs fewer tokens.
-        block = format_passages([(i, p.label, " ".join(p.text.split())) for i, p in enumerate(passages, 1)])
-        messages, prefill = build_messages(profile, req.mode, req.question.strip(), block)
-        plan = mode_plan(profile, req.mode, self.settings.max_tokens_off, self.settings.max_tokens_on)
-        gen = await generator.complete(messages, prefill, plan)
-        t_generated = time.perf_counter()
-        answer, reasoning = split_reasoning(gen.text)
-        answer, per_sentence, dropped = await asyncio.to_thread(
-            self.checker.check, answer, [p.text for p in passages]
-        )
-        cited: dict[int, dict] = {}
-        for cites in per_sentence:
-            for c in cites:
-                entry = cited.setdefault(c.n, passage_json(c.n, passages[c.n - 1]) | {
-                    "support": round(c.support, 4), "inferred": c.inferred})
-                entry["support"] = max(entry["support"], round(c.support, 4))
-                entry["inferred"] = entry["inferred"] and c.inferred
-        result = _response(
-            answer, req.mode, generator.model_name, [cited[n] for n in sorted(cited)],
-            [passage_json(i, p) for i, p in enumerate(passages, 1)], dropped, gen.finish_reason,
-            {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens},
-            {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": _ms(t_retrieved, t_generated),
-             "total_ms": _ms(t0, time.perf_counter())},
-        )
-        if req.include_reasoning:
-            result["reasoning"] = reasoning
+        result: dict = {}
+        async for event, data in self.events(req):
+            if event == "final":
+                result = data
         return result
 
+    @staticmethod
+    def _citations(sentences, passages: list[Passage]) -> list[dict]:
+        cited: dict[int, dict] = {}
+        for sentence in sentences:
+            for c in sentence.citations:
+                entry = cited.setdefault(c.n, passage_json(c.n, passages[c.n - 1]) | {
+                    "support": round(c.support, 4), "supported": c.supported, "inferred": c.inferred})
+                entry["support"] = max(entry["support"], round(c.support, 4))
+                entry["supported"] = entry["supported"] or c.supported
+                entry["inferred"] = entry["inferred"] and c.inferred
+        return [cited[n] for n in sorted(cited)]
 
-def _response(answer: str, mode: str, model: str, citations: list, passages: list, dropped: list,
-              finish_reason: str | None, usage: dict, timings: dict) -> dict:
-    # Key order is what a person reads first: the answer and its sources, the long passages last.
-    return {"answer": answer, "mode": mode, "citations": citations, "dropped_markers": dropped,
-            "usage": usage, "timings": timings, "model": model, "finish_reason": finish_reason,
-            "passages": passages}
+    @staticmethod
+    def _final(answer: str, decision: Route, model: str, citations: list, passages: list, dropped: list,
+               finish_reason: str | None, usage: dict, timings: dict, queries: list[str],
+               answered: bool = True) -> dict:
+        # Key order is what a person reads first: the answer and its sources, the long passages last.
+        return {"answer": answer, "mode": decision.mode, "mode_reason": decision.reason, "answered": answered,
+                "citations": citations, "dropped_markers": dropped, "usage": usage, "timings": timings,
+                "model": model, "finish_reason": finish_reason, "queries": queries, "passages": passages}
 
 
 def _ms(a: float, b: float) -> float:

@@ -3,9 +3,10 @@
 Small models often ignore the instruction to cite, or cite the wrong passage. So every answer
 sentence is scored against every passage (embedding cosine mixed with content-word overlap):
 - explicit markers that point at no passage are dropped;
-- an explicit marker whose passage does not support the sentence is replaced by the passage that
-  does, when one does (``inferred: true``); otherwise kept and reported ``supported: false``;
-- a sentence without a marker gets one for its best-supporting passage (``inferred: true``).
+- every kept marker says whether its passage supports the sentence (``supported``);
+- a sentence whose markers are all unsupported, or that has none, gets a marker for its
+  best-supporting passage when one supports it (``inferred: true``);
+- sentences that make a claim but end up with no supported citation are reported.
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ class SentenceCitation:
     n: int
     support: float
     inferred: bool
+    supported: bool = True
+
+
+@dataclass
+class CheckedSentence:
+    text: str
+    citations: list[SentenceCitation]
+
+    @property
+    def is_claim(self) -> bool:
+        """A statement with content (not a question, not a one-word filler) that should be sourced."""
+        bare = MARKER.sub("", self.text).strip()
+        return not bare.endswith("?") and len(content_words(bare)) >= 3
 
 
 def parse_markers(text: str) -> list[int]:
@@ -79,30 +93,28 @@ class CitationChecker:
                 overlap[i] = [len(sw & pw) / len(sw) for pw in pwords]
         return 0.5 * cos + 0.5 * overlap
 
-    def check(self, answer: str, passages: list[str]) -> tuple[str, list[list[SentenceCitation]], list[int]]:
-        """Return (answer with verified markers, citations per sentence, dropped marker numbers)."""
+    def check(self, answer: str, passages: list[str]) -> tuple[str, list[CheckedSentence], list[int]]:
+        """Return (answer with verified markers, each sentence with its citations, dropped marker numbers)."""
         sentences = split_sentences(answer)
         bare = [MARKER.sub("", s).strip() for s in sentences]
         support = self.support_matrix(bare, passages)
         valid = set(range(1, len(passages) + 1))
         dropped: list[int] = []
         out_text: list[str] = []
-        per_sentence: list[list[SentenceCitation]] = []
+        checked: list[CheckedSentence] = []
         for i, sentence in enumerate(sentences):
             marked = parse_markers(sentence)
             dropped += [n for n in marked if n not in valid]
             marked = list(dict.fromkeys(n for n in marked if n in valid))
+            cites = [SentenceCitation(n, float(support[i, n - 1]), False, bool(support[i, n - 1] >= self.threshold))
+                     for n in marked]
             best = int(np.argmax(support[i])) + 1 if passages else 0
             best_ok = bool(passages) and support[i, best - 1] >= self.threshold
-            cites: list[SentenceCitation] = []
-            for n in marked:
-                if support[i, n - 1] >= self.threshold or not best_ok:
-                    cites.append(SentenceCitation(n, float(support[i, n - 1]), False))
-            if not cites and best_ok and len(content_words(bare[i])) >= 2:
-                cites.append(SentenceCitation(best, float(support[i, best - 1]), True))
-            per_sentence.append(cites)
+            if not any(c.supported for c in cites) and best_ok and len(content_words(bare[i])) >= 2:
+                cites.append(SentenceCitation(best, float(support[i, best - 1]), True, True))
+            checked.append(CheckedSentence(MARKER.sub("", sentence).strip(), cites))
             out_text.append(_with_markers(sentence, [c.n for c in cites]))
-        return "".join(out_text).strip(), per_sentence, dropped
+        return "".join(out_text).strip(), checked, dropped
 
 
 def _with_markers(sentence: str, numbers: list[int]) -> str:

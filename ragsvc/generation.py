@@ -35,6 +35,7 @@ class Generator(Protocol):
     model_name: str
 
     def count_prompt(self, messages: list[dict], prefill: str) -> int: ...
+    def count_tokens(self, texts: list[str]) -> list[int]: ...
     def stream(self, messages: list[dict], prefill: str, plan: ModePlan) -> AsyncIterator[tuple[str, Generation]]: ...
 
 
@@ -100,6 +101,12 @@ class VllmGenerator:
 
     def count_prompt(self, messages: list[dict], prefill: str) -> int:
         return len(self.render(messages, prefill))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes in the serving model (no special tokens)."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self._tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     async def stream(
         self, messages: list[dict], prefill: str, plan: ModePlan

@@ -58,10 +58,11 @@ def fuse(*rankings: list[tuple[int, float]]) -> dict[int, float]:
 def retrieve(
     session: Session, embedder: Embedder, store: IndexStore, keywords: KeywordStore | None,
     collection_id: str, question: str, k: int, relative_cut: float = 0.0,
+    document_ids: list[str] | None = None,
 ) -> list[Passage]:
     query = embedder.embed([question])[0]
-    # Ask for more than k: some hits may belong to deleted or unfinished documents.
-    n = k * 2 + 5
+    # Ask for more than k: some hits may belong to deleted or unfinished documents, or be filtered out.
+    n = (k * 2 + 5) * (4 if document_ids else 1)
     dense = store.search(collection_id, query, n)
     keyword = keywords.search(collection_id, question, n) if keywords else []
     if not dense and not keyword:
@@ -73,11 +74,11 @@ def retrieve(
         dense_scores[cid] = float(vec @ query)
     keyword_scores = dict(keyword)
     keyword_top = {cid for cid, _ in keyword[:KEYWORD_KEEP]}
-    rows = session.execute(
-        select(Chunk, Document.filename)
-        .join(Document, Document.id == Chunk.document_id)
-        .where(Chunk.id.in_(list(fused)), Document.status == DocumentStatus.READY)
-    ).all()
+    q = (select(Chunk, Document.filename).join(Document, Document.id == Chunk.document_id)
+         .where(Chunk.id.in_(list(fused)), Document.status == DocumentStatus.READY))
+    if document_ids:
+        q = q.where(Document.id.in_(document_ids))
+    rows = session.execute(q).all()
     passages = [
         Passage(c.id, c.document_id, filename, c.page_start, c.page_end, c.heading_path,
                 c.char_start, c.char_end, c.text, fused[c.id], dense_scores.get(c.id), keyword_scores.get(c.id),

@@ -72,8 +72,25 @@ class Settings(BaseSettings):
     faiss_gpu: bool = Field(
         True, description="Search on the GPU when faiss-gpu sees one (the index on disk stays a CPU index)."
     )
-    top_k: int = Field(5, description="Passages retrieved per question when the request gives no `top_k`.")
-    max_top_k: int = Field(50, description="Largest `top_k` a request may ask for.")
+    top_k: int = Field(5, description="Passages retrieved per question in `off` mode when the request gives no `top_k`.")
+    top_k_on: int = Field(24, description="Passages retrieved per question in `on` (reasoning) mode by default.")
+    max_passages_off: int = Field(8, description="Most passages packed into the prompt in `off` mode.")
+    max_passages_on: int = Field(64, description="Most passages packed into the prompt in `on` mode.")
+    passage_tokens_off: int = Field(
+        6000, description="Most passage tokens packed in `off` mode (lookups need little; less is faster)."
+    )
+    passage_tokens_on: int = Field(
+        0, description="Most passage tokens packed in `on` mode; 0 means all the room the context window leaves."
+    )
+    min_relevance: float = Field(
+        0.35,
+        description="Least dense similarity of the best passage for the model to be asked at all; below it "
+        "the service answers that the documents do not cover the question (see docs/benchmarks.md).",
+    )
+    multi_hop_queries: int = Field(
+        3, description="Follow-up retrievals in `on` mode (sub-questions and entities from the first passages)."
+    )
+    max_top_k: int = Field(200, description="Largest `top_k` a request may ask for.")
     relative_score_cut: float = Field(
         0.5,
         description="Passages whose similarity is under this fraction of the best passage's are left out "

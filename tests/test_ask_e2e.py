@@ -38,8 +38,9 @@ def test_answer_cites_page_2(service, facts_pdf):
     resp = service.client.post("/v1/ask", json={"question": "What color is the Quintaro bridge?"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["mode"] == "off"
-    assert set(body) >= {"answer", "mode", "citations", "passages", "usage", "timings"}
+    assert body["mode"] == "off" and body["mode_reason"].startswith("lookup")  # auto routed a lookup
+    assert set(body) >= {"answer", "mode", "citations", "passages", "usage", "timings", "sentences"}
+    assert body["answered"] is True
     assert body["answer"].strip()
     # Retrieval put the page-2 passage first, numbered [1].
     top = body["passages"][0]
@@ -54,6 +55,9 @@ def test_answer_cites_page_2(service, facts_pdf):
         assert c["n"] in numbers and f"[{c['n']}]" in body["answer"]
         assert c["filename"] == "harbour-facts.pdf"
     assert body["usage"]["prompt_tokens"] > 50 and body["usage"]["completion_tokens"] > 0
+    assert 0 < body["usage"]["passage_tokens"] <= body["usage"]["passage_budget"]
+    # Claim by claim: each sentence lists its citations with a supported flag.
+    assert any(c["supported"] for s in body["sentences"] for c in s["citations"])
     assert body["timings"]["total_ms"] >= body["timings"]["generate_ms"] > 0
 
 
@@ -125,3 +129,55 @@ def test_delete_removes_document_from_search(service):
 def test_collections_listed(service, facts_pdf):
     names = {c["name"] for c in service.client.get("/v1/collections").json()["collections"]}
     assert "default" in names
+
+
+def test_off_topic_question_is_answered_without_the_model(service, facts_pdf):
+    body = service.client.post("/v1/ask", json={"question": "Who painted The Night Watch?"}).json()
+    assert body["answered"] is False and "do not contain" in body["answer"]
+    assert body["usage"]["completion_tokens"] == 0 and body["citations"] == []
+
+
+def test_auto_routes_multi_hop_to_reasoning_and_retrieves_both_hops(service, facts_pdf):
+    body = service.client.post("/v1/ask", json={
+        "question": "Which is older, the Zorblax reactor or the Quintaro bridge?", "dry_run": True}).json()
+    assert body["mode"] == "on" and body["mode_reason"].startswith("multi-hop") and "comparison" in body["mode_reason"]
+    pages = {p["page"] for p in body["passages"] if p["document_id"] == facts_pdf["id"]}
+    assert {1, 2} <= pages  # both pieces of evidence reached the prompt
+    assert body["answer"] == "" and body["usage"]["completion_tokens"] == 0 and body["usage"]["prompt_tokens"] > 0
+
+
+def test_document_filter(service, facts_pdf):
+    body = service.client.post("/v1/ask", json={"question": "What color is the Quintaro bridge?",
+                                                "document_ids": ["no-such-document"], "dry_run": True}).json()
+    assert body["passages"] == [] and body["answered"] is False
+    body = service.client.post("/v1/ask", json={"question": "What color is the Quintaro bridge?",
+                                                "document_ids": [facts_pdf["id"]], "dry_run": True}).json()
+    assert {p["document_id"] for p in body["passages"]} == {facts_pdf["id"]}
+
+
+def test_streaming_answer_as_server_sent_events(service, facts_pdf):
+    import json
+
+    events = []
+    with service.client.stream("POST", "/v1/ask", json={"question": "How long is the Quintaro bridge?",
+                                                        "stream": True}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in resp.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    names = [n for n, _ in events]
+    assert names[0] == "retrieval" and names[-1] == "final" and "answer" in names
+    assert "error" not in names
+    streamed = "".join(d["delta"] for n, d in events if n == "answer")
+    final = events[-1][1]
+    assert streamed.strip() and final["answered"] and final["passages"] == events[0][1]["passages"]
+    assert set(final) >= {"answer", "citations", "usage", "timings", "mode_reason"}
+    assert final["timings"]["first_token_ms"] <= final["timings"]["total_ms"]
+
+
+def test_streaming_bad_input_is_still_a_problem(service):
+    resp = service.client.post("/v1/ask", json={"question": "", "stream": True})
+    assert resp.status_code == 422 and resp.headers["content-type"].startswith("application/problem+json")

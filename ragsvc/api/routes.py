@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Literal
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.datastructures.state import State
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy import text
 
 from ragsvc.api.problems import problem
 from ragsvc.ask import AskRequest, AskService
 from ragsvc.documents import DocumentService, Upload
-from ragsvc.errors import InvalidInput
+from ragsvc.errors import InvalidInput, RagsvcError
 from ragsvc.settings import Settings
 
 
@@ -24,10 +26,13 @@ class AskBody:
     """Body of ``POST /v1/ask``."""
 
     question: str
-    mode: Literal["off", "on"] = "off"
+    mode: Literal["auto", "off", "on"] = "auto"
     collection: str = "default"
     top_k: int | None = None
     include_reasoning: bool = False
+    document_ids: list[str] | None = None
+    stream: bool = False
+    dry_run: bool = False
 
 
 class DocumentController(Controller):
@@ -99,9 +104,24 @@ def list_jobs(documents: DocumentService, status: str | None = None, limit: int 
 
 
 @post("/v1/ask", status_code=200, tags=["ask"])
-async def ask(data: AskBody, asker: AskService) -> dict:
-    """Answer a question from the collection's documents, with citations."""
-    return await asker.ask(AskRequest(**data.__dict__))
+async def ask(data: AskBody, asker: AskService) -> dict | ServerSentEvent:
+    """Answer a question from the collection's documents, with citations; ``stream: true`` for SSE."""
+    fields = {k: v for k, v in data.__dict__.items() if k != "stream"}
+    req = AskRequest(**fields)
+    if not data.stream:
+        return await asker.ask(req)
+    asker.validate(req)  # bad input is a problem+json answer, not a broken stream
+    asker.engine.get()
+    return ServerSentEvent(_sse(asker, req))
+
+
+async def _sse(asker: AskService, req: AskRequest):
+    try:
+        async for event, payload in asker.events(req):
+            yield ServerSentEventMessage(event=event, data=json.dumps(payload))
+    except RagsvcError as exc:  # after the 200 has gone out, errors travel as an event
+        yield ServerSentEventMessage(event="error", data=json.dumps(
+            {"title": exc.title, "status": exc.status_code, "detail": exc.detail}))
 
 
 @get("/health", tags=["ops"])
