@@ -57,7 +57,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             if supervisor:
                 await supervisor.stop()
-            if not loader.done():
+            if settings.llm_url:
+                loader.cancel()  # a retry loop, not a load in progress
+            elif not loader.done():
                 log.info("waiting for the engine to finish loading before shutting it down")
             await asyncio.gather(loader, return_exceptions=True)
             if state.engine.generator:
@@ -81,6 +83,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 async def _load_engine(settings: Settings, slot: EngineSlot) -> None:
+    if settings.llm_url:
+        # A remote vLLM server may start after us (compose): keep trying; /ready says why meanwhile.
+        from ragsvc.remote_llm import RemoteVllmGenerator
+
+        while slot.generator is None:
+            try:
+                slot.generator = await asyncio.to_thread(RemoteVllmGenerator.start, settings)
+            except Exception as exc:  # noqa: BLE001 - reported on /ready and on every /v1/ask
+                slot.error = f"Waiting for the vLLM server: {exc}"
+                await asyncio.sleep(3)
+        return
     try:
         slot.generator = await asyncio.to_thread(VllmGenerator.start, settings)
     except Exception as exc:  # noqa: BLE001 - reported on /ready and on every /v1/ask

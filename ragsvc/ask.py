@@ -174,6 +174,7 @@ class AskService:
                                         "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
             return
         profile = profile_for(generator.model_name, self.settings.llm_prompt_profile)
+        t_pack = time.perf_counter()
         plan = await asyncio.to_thread(self._pack, generator, profile, decision.mode, question, passages, req.top_k)
         packed = plan.packed
         shown = [passage_json(i, p) for i, p in enumerate(packed.passages, 1)]
@@ -191,6 +192,7 @@ class AskService:
         splitter = ThinkSplitter()
         totals = None
         t_first = None
+        t_engine = time.perf_counter()
         async for delta, totals in generator.stream(plan.messages, plan.prefill, sampling):
             answer_part, reasoning_part = splitter.feed(delta)
             if (answer_part or reasoning_part) and t_first is None:
@@ -205,6 +207,7 @@ class AskService:
         if tail_answer:
             yield "answer", {"delta": tail_answer}
         t_generated = time.perf_counter()
+        t_packed = t_engine
         # Reasoning never reaches citation parsing: only the answer text is checked.
         answer, sentences, dropped = await asyncio.to_thread(
             self.checker.check, splitter.answer.strip(), [p.text for p in packed.passages])
@@ -214,7 +217,8 @@ class AskService:
         result = self._final(
             answer, decision, generator.model_name, citations, shown, dropped,
             totals.finish_reason if totals else None, usage,
-            {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": _ms(t_retrieved, t_generated),
+            {"retrieve_ms": _ms(t0, t_retrieved), "pack_ms": _ms(t_pack, t_packed),
+             "engine_ms": _ms(t_engine, t_generated), "generate_ms": _ms(t_retrieved, t_generated),
              "first_token_ms": _ms(t0, t_first) if t_first else None, "total_ms": _ms(t0, time.perf_counter())},
             queries,
         )

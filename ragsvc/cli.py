@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_ingest)
     a = sub.add_parser("ask", help="ask a running service a question")
     a.add_argument("question")
-    a.add_argument("--mode", choices=["off", "on"], default="off")
+    a.add_argument("--mode", choices=["auto", "off", "on"], default="auto")
     a.add_argument("--collection", default="default")
     a.add_argument("--url", default="http://127.0.0.1:8000")
     a.add_argument("--json", action="store_true", help="print the whole JSON response")

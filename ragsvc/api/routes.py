@@ -14,6 +14,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy import text
 
+from ragsvc.api.openai_compat import chat_completions
 from ragsvc.api.problems import problem
 from ragsvc.ask import AskRequest, AskService
 from ragsvc.documents import DocumentService, Upload
@@ -104,12 +105,12 @@ def list_jobs(documents: DocumentService, status: str | None = None, limit: int 
 
 
 @post("/v1/ask", status_code=200, tags=["ask"])
-async def ask(data: AskBody, asker: AskService) -> dict | ServerSentEvent:
+async def ask(data: AskBody, asker: AskService) -> Response:
     """Answer a question from the collection's documents, with citations; ``stream: true`` for SSE."""
     fields = {k: v for k, v in data.__dict__.items() if k != "stream"}
     req = AskRequest(**fields)
     if not data.stream:
-        return await asker.ask(req)
+        return Response(await asker.ask(req))
     asker.validate(req)  # bad input is a problem+json answer, not a broken stream
     asker.engine.get()
     return ServerSentEvent(_sse(asker, req))
@@ -159,4 +160,4 @@ def _checks(state: State) -> dict[str, str]:
     return checks
 
 
-ROUTES = [DocumentController, CollectionController, list_jobs, ask, health, ready]
+ROUTES = [DocumentController, CollectionController, list_jobs, ask, chat_completions, health, ready]

@@ -1,0 +1,112 @@
+"""OpenAI-compatible ``POST /v1/chat/completions`` over the ask service, so chat front ends that speak
+that API work unchanged.
+
+``model`` is ``ragsvc`` (the default collection) or ``ragsvc/<collection>``; the last user message is
+the question. The answer comes back with its citation markers, followed by a "Sources" list in the
+message itself, and as structured ``citations`` (plus the whole ask result under ``ragsvc``).
+Streaming sends ``chat.completion.chunk`` events and ``[DONE]``, as the OpenAI API does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from ragsvc.ask import AskRequest, AskService
+from ragsvc.errors import InvalidInput, RagsvcError
+
+MODEL = "ragsvc"
+
+
+def _question(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInput("'messages' must be a non-empty list of chat messages.")
+    for msg in reversed(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, str) and content.strip():
+                return content.strip()
+    raise InvalidInput("No user message with text was found in 'messages'; the last user message is the question.")
+
+
+def _collection(model: Any) -> str:
+    if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + "/")):
+        raise InvalidInput(f"'model' must be {MODEL!r} or '{MODEL}/<collection>'; got {model!r}.")
+    return model.split("/", 1)[1] if "/" in model else "default"
+
+
+def sources_text(citations: list[dict]) -> str:
+    if not citations:
+        return ""
+    lines = []
+    for c in citations:
+        where = f", page {c['page']}" if c.get("page") else ""
+        lines.append(f"[{c['n']}] {c['filename']}{where}")
+    return "\n\nSources:\n" + "\n".join(lines)
+
+
+def _request(body: dict) -> AskRequest:
+    if not isinstance(body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    mode = body.get("mode", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise InvalidInput("'mode' must be 'auto', 'on' or 'off'.")
+    return AskRequest(question=_question(body.get("messages")), mode=mode,
+                      collection=_collection(body.get("model", MODEL)),
+                      include_reasoning=bool(body.get("include_reasoning", False)))
+
+
+@post("/v1/chat/completions", status_code=200, tags=["openai"])
+async def chat_completions(request: Request, asker: AskService) -> Response:
+    """OpenAI-compatible chat completion answered from a collection's documents."""
+    try:
+        body = await request.json()
+    except Exception as exc:  # noqa: BLE001 - a malformed body is the client's to fix
+        raise InvalidInput(f"The request body is not valid JSON ({exc}).") from exc
+    req = _request(body)
+    model = body.get("model", MODEL)
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if not body.get("stream"):
+        result = await asker.ask(req)
+        usage = result["usage"]
+        return Response({
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant",
+                                     "content": result["answer"] + sources_text(result["citations"])}}],
+            "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+                      "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
+            "citations": result["citations"], "ragsvc": result,
+        })
+    asker.validate(req)
+    asker.engine.get()
+    return ServerSentEvent(_stream(asker, req, cid, created, model))
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict, finish: str | None = None, **extra: Any) -> str:
+    return json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+
+async def _stream(asker: AskService, req: AskRequest, cid: str, created: int, model: str):
+    yield ServerSentEventMessage(data=_chunk(cid, created, model, {"role": "assistant", "content": ""}))
+    try:
+        async for event, data in asker.events(req):
+            if event == "answer":
+                yield ServerSentEventMessage(data=_chunk(cid, created, model, {"content": data["delta"]}))
+            elif event == "final":
+                tail = sources_text(data["citations"])
+                if not data["answered"]:
+                    tail = data["answer"]  # nothing was streamed: the whole (no-)answer goes here
+                yield ServerSentEventMessage(data=_chunk(
+                    cid, created, model, {"content": tail}, "stop", citations=data["citations"], ragsvc=data))
+    except RagsvcError as exc:
+        yield ServerSentEventMessage(data=json.dumps({"error": {"message": exc.detail, "code": exc.status_code}}))
+    yield ServerSentEventMessage(data="[DONE]")
