@@ -22,6 +22,7 @@ from ragsvc.db import Document, DocumentStatus, Job, JobStatus
 from ragsvc.db.models import utcnow
 from ragsvc.errors import IngestError
 from ragsvc.keyword_index import KeywordStore, rebuild_from_db
+from ragsvc.observability import INGESTED, STAGE_SECONDS, request_id
 from ragsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,14 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.stop = threading.Event()
 
-    def claim(self) -> tuple[int, str] | None:
+    def claim(self) -> tuple[int, str, str | None] | None:
         """Claim the oldest runnable job; returns (job id, document id) or None when there is none."""
         while True:
             outcome = self._claim_once()
             if outcome != "retired":
                 return outcome
 
-    def _claim_once(self) -> tuple[int, str] | None | str:
+    def _claim_once(self) -> tuple[int, str, str | None] | None | str:
         now = utcnow()
         lease = timedelta(seconds=self.settings.job_lease_s)
         with self.sessions() as session, session.begin():
@@ -76,7 +77,7 @@ class Worker:
                 return "retired"  # another worker got it first; look again
             session.execute(update(Document).where(Document.id == job.document_id)
                             .values(status=DocumentStatus.PROCESSING, error=None))
-            return job.id, job.document_id
+            return job.id, job.document_id, job.request_id
 
     def _heartbeat(self, job_id: int, done: threading.Event) -> None:
         interval = max(1.0, self.settings.job_lease_s / 3)
@@ -121,13 +122,17 @@ class Worker:
         if claimed is None:
             self.flush_keywords()
             return False
-        job_id, document_id = claimed
+        job_id, document_id, rid = claimed
+        token = request_id.set(rid)  # the upload's request id, in every log line about this document
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job_id, done), daemon=True)
         beat.start()
         error = None
         try:
             stats = self.pipeline.process(document_id)
+            for stage in ("parse", "chunk", "embed", "store"):
+                STAGE_SECONDS.labels(stage).observe(stats[f"{stage}_s"])
+            INGESTED.labels("ready").inc()
             self._dirty.add(stats["collection_id"])
             # Rebuild now unless more of this collection's documents are queued (bulk uploads rebuild once).
             if not self._more_queued(stats["collection_id"]):
@@ -141,6 +146,9 @@ class Worker:
         finally:
             done.set()
             beat.join()
+            request_id.reset(token)
+        if error:
+            INGESTED.labels("failed").inc()
         self._finish(job_id, document_id, error)
         return True
 

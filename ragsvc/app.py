@@ -26,6 +26,7 @@ from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.generation import EngineSlot, VllmGenerator
 from ragsvc.index_store import make_index_store
 from ragsvc.keyword_index import KeywordStore
+from ragsvc.observability import REGISTRY, DatabaseCollector, request_id_middleware
 from ragsvc.settings import Settings
 from ragsvc.supervisor import WorkerSupervisor
 
@@ -52,9 +53,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if supervisor:
             supervisor.start()
         loader = asyncio.create_task(_load_engine(settings, state.engine))
+        db_metrics = DatabaseCollector(state.sessions)
+        REGISTRY.register(db_metrics)
         try:
             yield
         finally:
+            REGISTRY.unregister(db_metrics)
             if supervisor:
                 await supervisor.stop()
             if settings.llm_url:
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,
+        middleware=[request_id_middleware],
         request_max_body_size=settings.max_upload_mb * 1024 * 1024,
         multipart_form_part_limit=settings.max_files_per_upload + 10,
         openapi_config=OpenAPIConfig(title="ragsvc", version="0.1.0", path="/schema"),

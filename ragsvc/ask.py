@@ -23,6 +23,7 @@ from ragsvc.generation import EngineSlot, Generator
 from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import KeywordStore
 from ragsvc.multihop import follow_up_queries
+from ragsvc.observability import ANSWERS, MODE_CHOSEN, TOKENS
 from ragsvc.packing import Packed, pack
 from ragsvc.prompts import build_messages, format_passages, mode_plan, profile_for
 from ragsvc.retrieval import Passage, retrieve
@@ -168,16 +169,20 @@ class AskService:
         best = max((p.dense_score or 0.0 for p in passages), default=0.0)
         if not passages or best < self.settings.min_relevance:
             # Nothing relevant: say so without spending a model call.
-            yield "final", self._final(NO_ANSWER, decision, generator.model_name, [], [], [], None,
-                                       {"prompt_tokens": 0, "completion_tokens": 0, "passage_tokens": 0},
-                                       {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
-                                        "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
+            result = self._final(NO_ANSWER, decision, generator.model_name, [], [], [], None,
+                                 {"prompt_tokens": 0, "completion_tokens": 0, "passage_tokens": 0},
+                                 {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
+                                  "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
+            if not req.dry_run:
+                self._count(result, "auto" if req.mode == "auto" else "asked")
+            yield "final", result
             return
         profile = profile_for(generator.model_name, self.settings.llm_prompt_profile)
         t_pack = time.perf_counter()
         plan = await asyncio.to_thread(self._pack, generator, profile, decision.mode, question, passages, req.top_k)
         packed = plan.packed
         shown = [passage_json(i, p) for i, p in enumerate(packed.passages, 1)]
+        how = "auto" if req.mode == "auto" else "asked"
         yield "retrieval", {"mode": decision.mode, "mode_reason": decision.reason, "passages": shown,
                             "queries": queries}
         usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": 0,
@@ -230,7 +235,14 @@ class AskService:
                                            if s.is_claim and not any(c.supported for c in s.citations)]
         if req.include_reasoning:
             result["reasoning"] = splitter.reasoning.strip()
+        self._count(result, how)
         yield "final", result
+
+    @staticmethod
+    def _count(result: dict, how: str) -> None:
+        ANSWERS.labels(result["mode"], str(result["answered"]).lower()).inc()
+        MODE_CHOSEN.labels(result["mode"], how).inc()
+        TOKENS.labels(result["mode"]).inc(result["usage"].get("completion_tokens", 0))
 
     async def ask(self, req: AskRequest) -> dict:
         result: dict = {}

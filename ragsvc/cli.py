@@ -17,9 +17,10 @@ import urllib.request
 from ragsvc.settings import Settings
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("RAGSVC_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(settings: Settings) -> None:
+    from ragsvc.observability import setup_logging
+
+    setup_logging(settings.log_level, settings.log_json)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -32,7 +33,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.auto_migrate:
         upgrade(settings.resolved_database_url)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
+    # log_config=None: uvicorn's access and error lines go through our handler (JSON when asked).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=30)
     return 0
 
 
@@ -61,6 +63,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port)
     try:
         if args.once:
             while worker.run_one():
@@ -170,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["port"] = args.port
     if getattr(args, "no_worker", False):
         overrides["embedded_worker"] = False
-    _setup_logging()
     settings = Settings(**overrides)
+    _setup_logging(settings)
     return args.func(settings, args)
 
 

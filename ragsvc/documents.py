@@ -20,6 +20,7 @@ from ragsvc.errors import Conflict, InvalidInput, NotFound
 from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import KeywordStore, rebuild_from_db
+from ragsvc.observability import request_id
 from ragsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class DocumentService:
         path.write_bytes(up.data)
         written.append(path)
         doc.storage_path = str(path)
-        session.add(Job(document_id=doc.id))
+        session.add(Job(document_id=doc.id, request_id=request_id.get()))
         return doc
 
     def get(self, document_id: str) -> dict:

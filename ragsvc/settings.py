@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(
         True, description="`ragsvc serve` also starts one ingestion worker process beside the API."
     )
+    log_level: str = Field("INFO", description="Log level of the service and worker processes.")
+    log_json: bool = Field(
+        False, description="Structured JSON log lines (with the request id carried from API to worker)."
+    )
+    worker_metrics_port: int = Field(
+        0, description="Port on which a `ragsvc worker` serves its Prometheus metrics; 0: none."
+    )
     max_upload_mb: int = Field(
         200, description="Largest accepted upload request, in MiB; larger ones get 413 before they are read."
     )

@@ -40,6 +40,7 @@ def base_env(tmp: Path) -> dict[str, str]:
         # Small KV cache: the test machines share 2 cores and the model is tiny.
         "VLLM_CPU_KVCACHE_SPACE": "1", "RAGSVC_WORKER_POLL_S": "0.3",
         "RAGSVC_MAX_UPLOAD_MB": "5",  # small, so the 413 test sends little
+        "RAGSVC_LOG_JSON": "true",  # the logs are checked for the request id
     })
     return env
 

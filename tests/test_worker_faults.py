@@ -48,9 +48,9 @@ def db_url(request, tmp_path):
             yield url
 
 
-def start_worker(tmp_path, url: str, lease_s: float) -> subprocess.Popen:
+def start_worker(tmp_path, url: str, lease_s: float, **extra: str) -> subprocess.Popen:
     env = base_env(tmp_path) | {"RAGSVC_DATABASE_URL": url, "RAGSVC_JOB_LEASE_S": str(lease_s),
-                                "RAGSVC_WORKER_POLL_S": "0.2"}
+                                "RAGSVC_WORKER_POLL_S": "0.2"} | extra
     return subprocess.Popen([RAGSVC, "worker"], env=env, cwd=tmp_path, start_new_session=True,
                             stdout=(tmp_path / "worker.log").open("a"), stderr=subprocess.STDOUT)
 
@@ -133,3 +133,42 @@ def test_job_that_keeps_dying_fails_after_max_attempts(tmp_path, db_url):
         assert d.status == "failed" and f"attempted {settings.job_max_attempts} times" in d.error
         assert f.status == "ready"  # the worker went on with other jobs
     engine.dispose()
+
+
+def test_worker_exports_ingestion_metrics(tmp_path):
+    import httpx
+
+    from tests.conftest import free_port
+
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    upgrade(url)
+    settings = settings_for(tmp_path, url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    svc = DocumentService(settings, sessions, IndexStore(settings.index_dir, 384))
+    good = svc.create("m", [Upload("good.txt", b"A heron stands in the reeds by the pier.")])[0]
+    svc.create("m", [Upload("bad.pdf", b"%PDF-1.4 broken")])
+    port = free_port()
+    worker = start_worker(tmp_path, url, lease_s=30, RAGSVC_WORKER_METRICS_PORT=str(port))
+    try:
+        def done():
+            with sessions() as s:
+                return all(d.status in ("ready", "failed") for d in s.query(Document).all())
+        wait_for(done, 240, "both documents")
+        text = wait_for(lambda: _scrape(httpx, port), 30, "metrics")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert 'ragsvc_ingest_documents_total{outcome="ready"} 1.0' in text
+    assert 'ragsvc_ingest_documents_total{outcome="failed"} 1.0' in text
+    assert 'ragsvc_ingest_stage_seconds_count{stage="embed"} 1.0' in text
+    with sessions() as s:
+        assert s.get(Document, good["id"]).status == "ready"
+    engine.dispose()
+
+
+def _scrape(httpx, port: int) -> str | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.TransportError:
+        return None

@@ -21,6 +21,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_documents_replaces_id"), ["replaces_id"], unique=False)
         batch_op.create_foreign_key("fk_documents_replaces_id", "documents", ["replaces_id"], ["id"],
                                     ondelete="SET NULL")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("request_id", sa.String(length=64), nullable=True))
     with op.batch_alter_table("chunks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("content_hash", sa.String(length=64), nullable=False, server_default=""))
         batch_op.add_column(sa.Column("page_label", sa.String(length=32), nullable=True))
@@ -28,6 +30,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("request_id")
     with op.batch_alter_table("chunks", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_chunks_content_hash"))
         batch_op.drop_column("page_label")

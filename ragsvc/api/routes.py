@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from ragsvc.api.openai_compat import chat_completions
 from ragsvc.api.problems import problem
+from ragsvc.api.web import index, static
 from ragsvc.ask import AskRequest, AskService
 from ragsvc.documents import DocumentService, Upload
 from ragsvc.errors import InvalidInput, RagsvcError
@@ -125,6 +126,17 @@ async def _sse(asker: AskService, req: AskRequest):
             {"title": exc.title, "status": exc.status_code, "detail": exc.detail}))
 
 
+@get("/metrics", tags=["ops"], include_in_schema=False)
+async def metrics() -> Response:
+    """Prometheus metrics: request latency per route, answers, modes, tokens, queue depth, documents."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from ragsvc.observability import REGISTRY
+
+    body = await asyncio.to_thread(generate_latest, REGISTRY)  # the queue gauges read the database
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 @get("/health", tags=["ops"])
 async def health() -> dict:
     """200 while the process lives."""
@@ -160,4 +172,5 @@ def _checks(state: State) -> dict[str, str]:
     return checks
 
 
-ROUTES = [DocumentController, CollectionController, list_jobs, ask, chat_completions, health, ready]
+ROUTES = [DocumentController, CollectionController, list_jobs, ask, chat_completions, metrics, health, ready,
+          index, static]
