@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         exception_handlers=exception_handlers,
         middleware=[request_id_middleware],
+        logging_config=None,  # the CLI configured logging (plain or JSON); Litestar must not replace it
         request_max_body_size=settings.max_upload_mb * 1024 * 1024,
         multipart_form_part_limit=settings.max_files_per_upload + 10,
         openapi_config=OpenAPIConfig(title="ragsvc", version="0.1.0", path="/schema"),

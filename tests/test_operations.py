@@ -9,7 +9,11 @@ from tests.docmaker import FACT_PAGES, make_pdf
 
 
 def test_metrics_in_prometheus_format(service):
-    service.client.post("/v1/ask", json={"question": "Who painted The Night Watch?"})  # counted, no model call
+    doc = service.upload([("ops.txt", b"The ops collection holds one note about puffins.", "text/plain")],
+                         collection="ops").json()["documents"][0]
+    assert service.wait_done(doc["id"])["status"] == "ready"
+    off_topic = {"question": "Who painted The Night Watch?", "collection": "ops"}
+    assert service.client.post("/v1/ask", json=off_topic).json()["answered"] is False  # counted, no model call
     resp = service.client.get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     text = resp.text

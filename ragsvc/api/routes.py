@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from typing import Annotated
 from typing import Literal
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.datastructures.state import State
+from litestar.openapi.spec import Example
+from litestar.params import Body
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy import text
@@ -43,7 +46,10 @@ class DocumentController(Controller):
 
     @post("/", status_code=HTTP_202_ACCEPTED)
     async def upload(self, request: Request, documents: DocumentService, settings: Settings) -> dict:
-        """Upload files (multipart field ``files``, optional field ``collection``); ingestion is queued."""
+        """Upload files as ``multipart/form-data``: one or more ``files`` fields, an optional ``collection``
+        (default ``default``) and an optional ``replaces`` (a document id). Example:
+        ``curl -F files=@manual.pdf -F collection=manuals http://127.0.0.1:8000/v1/documents``.
+        Answers 202 with each document's id and status; ingestion is queued."""
         form = await request.form()
         files = form.getall("files") if "files" in form else []
         if len(files) > settings.max_files_per_upload:
@@ -105,8 +111,20 @@ def list_jobs(documents: DocumentService, status: str | None = None, limit: int 
     return {"jobs": documents.jobs(status, limit)}
 
 
+ASK_EXAMPLES = [
+    Example(summary="A quick lookup", value={"question": "Which file under /proc is an image of the system's memory?"}),
+    Example(summary="A multi-hop question, streamed, with reasoning",
+            value={"question": "Which is older, the Zorblax reactor or the Quintaro bridge?", "mode": "auto",
+                   "stream": True, "include_reasoning": True}),
+    Example(summary="Only retrieve and pack (no generation)",
+            value={"question": "How do I change my login shell?", "collection": "manuals", "top_k": 8,
+                   "dry_run": True}),
+]
+
+
 @post("/v1/ask", status_code=200, tags=["ask"])
-async def ask(data: AskBody, asker: AskService) -> Response:
+async def ask(data: Annotated[AskBody, Body(title="Question", examples=ASK_EXAMPLES)],
+              asker: AskService) -> Response:
     """Answer a question from the collection's documents, with citations; ``stream: true`` for SSE."""
     fields = {k: v for k, v in data.__dict__.items() if k != "stream"}
     req = AskRequest(**fields)
