@@ -183,3 +183,15 @@ def test_streaming_answer_as_server_sent_events(service, facts_pdf):
 def test_streaming_bad_input_is_still_a_problem(service):
     resp = service.client.post("/v1/ask", json={"question": "", "stream": True})
     assert resp.status_code == 422 and resp.headers["content-type"].startswith("application/problem+json")
+
+
+def test_cli_ask_prints_answer_and_citations(service, facts_pdf):
+    import subprocess
+
+    from tests.conftest import RAGSVC
+
+    out = subprocess.run([RAGSVC, "ask", "What color is the Quintaro bridge?", "--url", service.url],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].strip() and any("harbour-facts.pdf, page 2" in ln for ln in lines[1:]), out.stdout

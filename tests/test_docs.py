@@ -40,3 +40,14 @@ def test_cli_subcommands_exist():
     for args in (["--help"], ["serve", "--help"], ["worker", "--help"], ["db", "upgrade", "--help"], ["ask", "--help"]):
         out = subprocess.run([RAGSVC, *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, (args, out.stderr)
+
+
+def test_openapi_has_examples_for_upload_and_ask():
+    from ragsvc.app import create_app
+
+    schema = create_app().openapi_schema.to_schema()
+    upload = schema["paths"]["/v1/documents"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["examples"] and "files" in upload["schema"]["properties"]
+    ask = schema["paths"]["/v1/ask"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert len(ask["examples"]) >= 2
+    assert "/v1/chat/completions" in schema["paths"]

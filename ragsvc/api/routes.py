@@ -11,7 +11,8 @@ from typing import Literal
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.datastructures.state import State
-from litestar.openapi.spec import Example
+from litestar.openapi.spec import Example, Operation, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType
 from litestar.params import Body
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
@@ -40,11 +41,30 @@ class AskBody:
     dry_run: bool = False
 
 
+@dataclass
+class UploadOperation(Operation):
+    """The upload's multipart body, documented by hand: the handler reads the form itself so that a bad
+    file refuses the whole request with a clear problem before anything is stored."""
+
+    def __post_init__(self) -> None:
+        schema = Schema(type=OpenAPIType.OBJECT, required=["files"], properties={
+            "files": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                            description="One or more files (repeat the field)."),
+            "collection": Schema(type=OpenAPIType.STRING, description="Collection name (default `default`)."),
+            "replaces": Schema(type=OpenAPIType.STRING, description="Id of a document this one replaces."),
+        })
+        self.request_body = RequestBody(required=True, content={"multipart/form-data": OpenAPIMediaType(
+            schema=schema, examples={"pdf": Example(
+                summary="A PDF into the `manuals` collection",
+                description="curl -F files=@manual.pdf -F collection=manuals http://127.0.0.1:8000/v1/documents",
+                value={"files": ["manual.pdf"], "collection": "manuals"})})})
+
+
 class DocumentController(Controller):
     path = "/v1/documents"
     tags = ["documents"]
 
-    @post("/", status_code=HTTP_202_ACCEPTED)
+    @post("/", status_code=HTTP_202_ACCEPTED, operation_class=UploadOperation)
     async def upload(self, request: Request, documents: DocumentService, settings: Settings) -> dict:
         """Upload files as ``multipart/form-data``: one or more ``files`` fields, an optional ``collection``
         (default ``default``) and an optional ``replaces`` (a document id). Example:
