@@ -1,4 +1,4 @@
-"""Controllers: documents, collections, ask, health. Each handler is a few lines over a service."""
+"""Controllers: documents, collections, jobs, ask, metrics, health. Each handler is a few lines over a service."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import json
 from dataclasses import dataclass
 from typing import Annotated
-from typing import Literal
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
@@ -28,17 +27,10 @@ from ragsvc.settings import Settings
 
 
 @dataclass
-class AskBody:
-    """Body of ``POST /v1/ask``."""
+class AskBody(AskRequest):
+    """Body of ``POST /v1/ask``: the ask request plus ``stream`` for server-sent events."""
 
-    question: str
-    mode: Literal["auto", "off", "on"] = "auto"
-    collection: str = "default"
-    top_k: int | None = None
-    include_reasoning: bool = False
-    document_ids: list[str] | None = None
     stream: bool = False
-    dry_run: bool = False
 
 
 @dataclass
