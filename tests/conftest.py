@@ -86,11 +86,17 @@ class Service:
             doc = self.client.get(f"/v1/documents/{doc_id}").json()
             if not seen or seen[-1] != doc["status"]:
                 seen.append(doc["status"])
-            if doc["status"] in ("ready", "failed"):
+            if doc["status"] in ("ready", "failed") and self._job_finished(doc_id):
                 doc["_seen"] = seen
                 return doc
             time.sleep(0.3)
         raise AssertionError(f"document {doc_id} not done after {timeout}s (states seen: {seen})")
+
+    def _job_finished(self, doc_id: str) -> bool:
+        """The worker marks the job done after the keyword index is rebuilt: then all work is over."""
+        jobs = self.client.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]
+        mine = [j for j in jobs if j["document_id"] == doc_id]
+        return not mine or mine[0]["status"] in ("done", "failed")
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

@@ -48,6 +48,8 @@ def test_answer_cites_page_2(service, facts_pdf):
     top = body["passages"][0]
     assert (top["document_id"], top["page"]) == (facts_pdf["id"], 2)
     assert "orange" in top["text"]
+    # Hybrid: the passage was found by both the dense and the keyword (BM25) index.
+    assert top["dense_score"] > 0.3 and top["keyword_score"] and top["keyword_score"] > 0
     # The answer cites a page-2 passage of that file that holds the fact.
     assert any(c["document_id"] == facts_pdf["id"] and c["page"] == 2 and "orange" in c["text"]
                for c in body["citations"]), body
