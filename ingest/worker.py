@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
