@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Literal
 
 from sqlalchemy import select
@@ -48,14 +48,12 @@ class AskRequest:
 
 @dataclass
 class _Plan:
-    mode: str
-    reason: str
-    passages: list[Passage] = field(default_factory=list)
-    packed: Packed | None = None
-    messages: list[dict] = field(default_factory=list)
-    prefill: str = ""
-    prompt_tokens: int = 0
-    queries: list[str] = field(default_factory=list)
+    """What goes to the engine: the packed passages and the rendered prompt with its exact size."""
+
+    packed: Packed
+    messages: list[dict]
+    prefill: str
+    prompt_tokens: int
 
 
 def passage_json(n: int, p: Passage) -> dict:
@@ -146,7 +144,7 @@ class AskService:
             ranked = sorted(packed.passages, key=lambda p: -p.score)
             packed = pack(ranked[:-1], generator.count_tokens, budget, limit)
             packed.dropped = total - len(packed.passages)
-        return _Plan(mode, "", passages, packed, messages, prefill, tokens)
+        return _Plan(packed, messages, prefill, tokens)
 
     # --- the event stream ----------------------------------------------------------------------
     async def events(self, req: AskRequest) -> AsyncIterator[tuple[str, dict]]:
@@ -212,7 +210,6 @@ class AskService:
         if tail_answer:
             yield "answer", {"delta": tail_answer}
         t_generated = time.perf_counter()
-        t_packed = t_engine
         # Reasoning never reaches citation parsing: only the answer text is checked.
         answer, sentences, dropped = await asyncio.to_thread(
             self.checker.check, splitter.answer.strip(), [p.text for p in packed.passages])
@@ -222,7 +219,7 @@ class AskService:
         result = self._final(
             answer, decision, generator.model_name, citations, shown, dropped,
             totals.finish_reason if totals else None, usage,
-            {"retrieve_ms": _ms(t0, t_retrieved), "pack_ms": _ms(t_pack, t_packed),
+            {"retrieve_ms": _ms(t0, t_retrieved), "pack_ms": _ms(t_pack, t_engine),
              "engine_ms": _ms(t_engine, t_generated), "generate_ms": _ms(t_retrieved, t_generated),
              "first_token_ms": _ms(t0, t_first) if t_first else None, "total_ms": _ms(t0, time.perf_counter())},
             queries,

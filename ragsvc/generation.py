@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Protocol
 
@@ -28,7 +28,6 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Generator(Protocol):
@@ -137,12 +136,6 @@ class VllmGenerator:
         except Exception as exc:
             raise RagsvcError(f"Generation failed on the vLLM engine: {exc}") from exc
         yield "", totals
-
-    async def complete(self, messages: list[dict], prefill: str, plan: ModePlan) -> Generation:
-        totals = Generation()
-        async for _, totals in self.stream(messages, prefill, plan):
-            pass
-        return totals
 
     def close(self) -> None:
         try:
