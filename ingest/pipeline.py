@@ -129,10 +129,17 @@ class Pipeline:
             session.add_all(rows)
             session.flush()
             ids = [r.id for r in rows]
-            self.store.remove(collection_id, old_ids)
             # Vectors go in before the commit that makes the document ready; if the commit fails the
             # vectors are orphans that retrieval ignores (no row), and a retry overwrites them.
-            self.store.add(collection_id, ids, vectors)
+            try:
+                self.store.remove(collection_id, old_ids)
+                self.store.add(collection_id, ids, vectors)
+            except OSError as exc:
+                # The index is written aside and renamed, so the served one is still whole; the rows
+                # roll back with this session.
+                raise IngestError(f"The search index could not be written ({exc.strerror or exc}: "
+                                  f"{exc.filename or 'index folder'}); the served index is unchanged. Free "
+                                  "space or fix the index folder's permissions, then upload the file again.") from exc
             old = session.get(Document, replaces_id) if replaces_id else None
             old_chunk_ids, old_folder = [], None
             if old is not None:

@@ -14,6 +14,7 @@ import threading
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.pipeline import Pipeline
@@ -139,6 +140,20 @@ class Worker:
         except IngestError as exc:
             error = exc.detail
             log.warning("document %s failed: %s", document_id, error)
+        except DBAPIError as exc:
+            if not _connection_lost(exc):
+                error = f"Unexpected database error while ingesting ({type(exc).__name__}: {exc})."
+                log.exception("document %s failed on a database error", document_id)
+            else:
+                # The database went away (a restart, a failover): not the document's fault. Put the job
+                # back once the database answers again; the next claim redoes it (chunks are not doubled).
+                log.warning("database connection lost while ingesting %s; requeueing it when it is back",
+                            document_id)
+                done.set()
+                beat.join()
+                request_id.reset(token)
+                self._requeue(job_id)
+                return True
         except Exception as exc:  # noqa: BLE001 - the document fails with the reason; the worker goes on
             error = f"Unexpected error while ingesting ({type(exc).__name__}: {exc})."
             log.exception("document %s failed unexpectedly", document_id)
@@ -151,6 +166,19 @@ class Worker:
         self._finish(job_id, document_id, error)
         return True
 
+    def _requeue(self, job_id: int) -> None:
+        """Give the job back (the attempt does not count), retrying until the database answers."""
+        while not self.stop.is_set():
+            try:
+                with self.sessions() as session, session.begin():
+                    session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == self.worker_id).values(
+                        status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                        attempts=Job.attempts - 1))
+                return
+            except DBAPIError:
+                log.warning("database still unreachable; retrying in %.0f s", self.settings.worker_poll_s)
+                self.stop.wait(max(self.settings.worker_poll_s, 1.0))
+
     def run_forever(self) -> None:
         log.info("worker %s polling for jobs", self.worker_id)
         while not self.stop.is_set():
@@ -160,3 +188,14 @@ class Worker:
             except Exception:  # noqa: BLE001 - e.g. the database restarting; retry after a pause
                 log.exception("worker loop error")
             self.stop.wait(self.settings.worker_poll_s)
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """A dropped or refused connection, as opposed to a query the database rejected."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if exc.connection_invalidated:  # the dialect recognised a disconnect
+        return True
+    # Reconnecting while the server is still down fails at connect time, before any query ran.
+    words = ("connection", "connect to server", "server closed", "terminating")
+    return isinstance(exc, (OperationalError, InterfaceError)) and any(w in str(exc.orig).lower() for w in words)

@@ -19,7 +19,9 @@ from litestar.openapi import OpenAPIConfig
 
 from ragsvc.api.problems import exception_handlers
 from ragsvc.api.routes import ROUTES
+from ragsvc.api.security import SECURITY_ROUTES, auth_middleware, principal_of, rate_limits
 from ragsvc.ask import AskService
+from ragsvc.auth import KeyStore
 from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import DocumentService
 from ragsvc.embedder import SentenceTransformerEmbedder
@@ -28,6 +30,7 @@ from ragsvc.index_store import make_index_store
 from ragsvc.keyword_index import KeywordStore
 from ragsvc.observability import REGISTRY, DatabaseCollector, request_id_middleware
 from ragsvc.settings import Settings
+from ragsvc.storage import remove_orphans
 from ragsvc.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state = app.state
         db_engine = make_engine(settings.resolved_database_url)
         state.sessions = make_sessionmaker(db_engine)
+        state.api_keys = KeyStore(state.sessions)
         state.engine = EngineSlot()
         embedder = await asyncio.to_thread(
             SentenceTransformerEmbedder, settings.embedding_model, settings.embedding_device,
@@ -53,6 +57,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if supervisor:
             supervisor.start()
         loader = asyncio.create_task(_load_engine(settings, state.engine))
+        reloads: list[asyncio.Task] = []
+
+        def on_dead(dead, reason: str) -> None:  # noqa: ANN001 - the in-process engine died: load a new one
+            log.error("%s; loading a new engine", reason)
+
+            async def reload() -> None:
+                await asyncio.to_thread(dead.close)
+                await _load_engine(settings, state.engine)
+
+            reloads.append(asyncio.get_running_loop().create_task(reload()))
+
+        state.engine.on_dead = on_dead
+        sweeper = asyncio.create_task(asyncio.to_thread(
+            remove_orphans, state.sessions, settings.files_dir.resolve(), settings.orphan_grace_s))
         db_metrics = DatabaseCollector(state.sessions)
         REGISTRY.register(db_metrics)
         try:
@@ -65,21 +83,23 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 loader.cancel()  # a retry loop, not a load in progress
             elif not loader.done():
                 log.info("waiting for the engine to finish loading before shutting it down")
-            await asyncio.gather(loader, return_exceptions=True)
+            await asyncio.gather(loader, sweeper, *reloads, return_exceptions=True)
             if state.engine.generator:
                 state.engine.generator.close()
             db_engine.dispose()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *SECURITY_ROUTES],
         lifespan=[lifespan],
         dependencies={
             "documents": Provide(_documents, sync_to_thread=False),
             "asker": Provide(_asker, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
+            "principal": Provide(principal_of, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,
-        middleware=[request_id_middleware],
+        # Outermost first: the request id wraps everything, then who is asking, then how often.
+        middleware=[request_id_middleware, auth_middleware, *rate_limits(settings)],
         logging_config=None,  # the CLI configured logging (plain or JSON); Litestar must not replace it
         request_max_body_size=settings.max_upload_mb * 1024 * 1024,
         multipart_form_part_limit=settings.max_files_per_upload + 10,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Literal
 
 from sqlalchemy import select
@@ -25,7 +25,7 @@ from ragsvc.keyword_index import KeywordStore
 from ragsvc.multihop import follow_up_queries
 from ragsvc.observability import ANSWERS, MODE_CHOSEN, TOKENS
 from ragsvc.packing import Packed, pack
-from ragsvc.prompts import build_messages, format_passages, mode_plan, profile_for
+from ragsvc.prompts import ModePlan, build_messages, format_passages, mode_plan, profile_for
 from ragsvc.retrieval import Passage, retrieve
 from ragsvc.router import Route, route
 from ragsvc.settings import Settings
@@ -39,11 +39,13 @@ SCAFFOLD_MARGIN = 16  # tokens of slack between the exact budget and the model's
 class AskRequest:
     question: str
     mode: Literal["auto", "off", "on"] = "auto"
-    collection: str = "default"
+    collection: str | None = None  # None: the API key's collection, else `default`
     top_k: int | None = None
     include_reasoning: bool = False
     document_ids: list[str] | None = None
     dry_run: bool = False
+    max_tokens: int | None = None  # lowers the mode's output budget for this request
+    include_retrieved: bool = False  # add `retrieved`: the ranked list before packing (for `ragsvc eval`)
 
 
 @dataclass
@@ -81,10 +83,19 @@ class AskService:
     def validate(self, req: AskRequest) -> None:
         if not req.question or not req.question.strip():
             raise InvalidInput("The question is empty; send a JSON body like {\"question\": \"...\"}.")
+        if len(req.question) > self.settings.max_question_chars:
+            raise InvalidInput(f"The question has {len(req.question)} characters; the most accepted is "
+                               f"{self.settings.max_question_chars}. Ask something shorter.")
         if req.top_k is not None and not 1 <= req.top_k <= self.settings.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {self.settings.max_top_k}; got {req.top_k}.")
+        if req.max_tokens is not None and not 1 <= req.max_tokens <= self.settings.max_output_tokens:
+            raise InvalidInput(f"max_tokens must be between 1 and {self.settings.max_output_tokens}; "
+                               f"got {req.max_tokens}.")
+        if req.document_ids is not None and len(req.document_ids) > 1000:
+            raise InvalidInput(f"document_ids lists {len(req.document_ids)} documents; filter by at most 1000.")
 
-    def _collection_id(self, session: Session, name: str) -> str:
+    def _collection_id(self, session: Session, name: str | None) -> str:
+        name = name or "default"
         coll = session.scalar(select(Collection).where(Collection.name == name))
         if coll is None:
             raise NotFound(f"There is no collection named {name!r}; upload a document to create it.")
@@ -120,9 +131,15 @@ class AskService:
         margin = dense[0] - dense[1] if len(dense) > 1 else None
         return route(question, spread, margin)
 
-    def _pack(self, generator: Generator, profile: str, mode: str, question: str, passages: list[Passage],
-              top_k: int | None = None) -> _Plan:
+    def _sampling(self, profile: str, mode: str, max_tokens: int | None) -> ModePlan:
         plan = mode_plan(profile, mode, self.settings.max_tokens_off, self.settings.max_tokens_on)
+        if max_tokens:
+            plan = replace(plan, max_tokens=min(plan.max_tokens, max_tokens))
+        return plan
+
+    def _pack(self, generator: Generator, profile: str, mode: str, question: str, passages: list[Passage],
+              top_k: int | None = None, max_tokens: int | None = None) -> _Plan:
+        plan = self._sampling(profile, mode, max_tokens)
         max_len = getattr(generator, "max_model_len", 4096)
         reserve = min(plan.max_tokens, max_len // 2)  # small contexts: keep room for passages
         empty, prefill = build_messages(profile, mode, question, "")
@@ -164,6 +181,9 @@ class AskService:
             if self.settings.multi_hop_queries > 0:
                 passages, queries = await asyncio.to_thread(self._multi_hop, req, question, passages, k)
         t_retrieved = time.perf_counter()
+        # Packing merges and reorders passages; evaluation scores the ranking itself (recall@k, MRR).
+        retrieved = {"retrieved": [passage_json(i, p) for i, p in enumerate(passages, 1)]} \
+            if req.include_retrieved else {}
         best = max((p.dense_score or 0.0 for p in passages), default=0.0)
         if not passages or best < self.settings.min_relevance:
             # Nothing relevant: say so without spending a model call.
@@ -173,11 +193,12 @@ class AskService:
                                   "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
             if not req.dry_run:
                 self._count(result, "auto" if req.mode == "auto" else "asked")
-            yield "final", result
+            yield "final", result | retrieved
             return
         profile = profile_for(generator.model_name, self.settings.llm_prompt_profile)
         t_pack = time.perf_counter()
-        plan = await asyncio.to_thread(self._pack, generator, profile, decision.mode, question, passages, req.top_k)
+        plan = await asyncio.to_thread(self._pack, generator, profile, decision.mode, question, passages, req.top_k,
+                                       req.max_tokens)
         packed = plan.packed
         shown = [passage_json(i, p) for i, p in enumerate(packed.passages, 1)]
         how = "auto" if req.mode == "auto" else "asked"
@@ -189,9 +210,10 @@ class AskService:
         if req.dry_run:
             yield "final", self._final("", decision, generator.model_name, [], shown, [], None, usage,
                                        {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
-                                        "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
+                                        "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False) \
+                | retrieved
             return
-        sampling = mode_plan(profile, decision.mode, self.settings.max_tokens_off, self.settings.max_tokens_on)
+        sampling = self._sampling(profile, decision.mode, req.max_tokens)
         splitter = ThinkSplitter()
         totals = None
         t_first = None
@@ -233,7 +255,7 @@ class AskService:
         if req.include_reasoning:
             result["reasoning"] = splitter.reasoning.strip()
         self._count(result, how)
-        yield "final", result
+        yield "final", result | retrieved
 
     @staticmethod
     def _count(result: dict, how: str) -> None:

@@ -58,12 +58,13 @@ def _line(done: int, total: int, pages: int, started: float) -> None:
     sys.stderr.flush()
 
 
-def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0) -> Summary:
+def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api_key: str = "") -> Summary:
     files = find_files(paths)
     summary = Summary()
     started = time.time()
     pending: dict[str, str] = {}
-    with httpx.Client(base_url=url.rstrip("/"), timeout=600) as client:
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url.rstrip("/"), timeout=600, headers=headers) as client:
         for batch in _batches(files):
             multipart = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in batch]
             resp = client.post("/v1/documents", data={"collection": collection}, files=multipart)

@@ -1,4 +1,4 @@
-"""The ``ragsvc`` command: serve, worker, db upgrade, ask.
+"""The ``ragsvc`` command: serve, worker, db upgrade, ask, ingest, keys, cleanup.
 
 Settings are built once here, from the environment (``RAGSVC_*``) and the command's flags, and passed down.
 """
@@ -92,8 +92,11 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
     """Ask a running service (``--url``) and print the answer with its sources."""
     body = {"question": args.question, "mode": args.mode, "collection": args.collection}
+    headers = {"content-type": "application/json"}
+    if args.api_key:
+        headers["authorization"] = f"Bearer {args.api_key}"
     req = urllib.request.Request(args.url.rstrip("/") + "/v1/ask", data=json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"}, method="POST")
+                                 headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=900) as resp:
             result = json.load(resp)
@@ -121,12 +124,68 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
     started = time.time()
     try:
-        summary = ingest(args.url, args.paths, args.collection)
+        summary = ingest(args.url, args.paths, args.collection, api_key=args.api_key)
     except httpx_errors() as exc:
         print(f"cannot reach ragsvc at {args.url}: {exc}; is `ragsvc serve` running?", file=sys.stderr)
         return 1
     print_summary(summary, time.time() - started)
     return 0 if not summary.failed and not summary.refused else 2
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """API keys, straight in the database (so the first admin key needs no key)."""
+    from ragsvc.auth import KeyStore
+    from ragsvc.db.migrate import upgrade
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.errors import RagsvcError
+
+    if settings.auto_migrate:
+        upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    keys = KeyStore(make_sessionmaker(engine))
+    try:
+        if args.keys_command == "create":
+            if not args.collection and not args.all_collections:
+                print("name the key's collection with --collection NAME, or give --all-collections", file=sys.stderr)
+                return 2
+            key, row = keys.create(args.scope, None if args.all_collections else args.collection, args.name)
+            where = "every collection" if row["collection"] is None else f"collection {row['collection']!r}"
+            print(key)
+            print(f"# id {row['id']}, scope {row['scope']}, {where}. This is the only time the key is shown.",
+                  file=sys.stderr)
+        elif args.keys_command == "list":
+            for row in keys.list():
+                print(json.dumps(row))
+        else:
+            print(json.dumps(keys.revoke(args.key_id)))
+    except RagsvcError as exc:
+        print(exc.detail, file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_cleanup(settings: Settings, args: argparse.Namespace) -> int:
+    """Remove stored files no document owns (left by an upload the API died in the middle of)."""
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.storage import remove_orphans
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        removed = remove_orphans(make_sessionmaker(engine), settings.files_dir, args.grace_s)
+    finally:
+        engine.dispose()
+    print(f"removed {len(removed)} orphaned upload folder(s)")
+    return 0
+
+
+def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
+    """Answer-quality evaluation of a question file against a running (or in-process) service."""
+    from ragsvc.evaluation import command
+
+    return command(settings, args.questions, args.collection, args.mode, args.out, args.url, args.api_key,
+                   args.in_process, args.limit, args.name)
 
 
 def httpx_errors() -> tuple[type[Exception], ...]:
@@ -156,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("paths", nargs="+", metavar="PATH")
     i.add_argument("--collection", default="default")
     i.add_argument("--url", default="http://127.0.0.1:8000")
+    i.add_argument("--api-key", default=os.environ.get("RAGSVC_API_KEY", ""), help="(env RAGSVC_API_KEY)")
     i.set_defaults(func=cmd_ingest)
     a = sub.add_parser("ask", help="ask a running service a question")
     a.add_argument("question")
@@ -163,7 +223,36 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--collection", default="default")
     a.add_argument("--url", default="http://127.0.0.1:8000")
     a.add_argument("--json", action="store_true", help="print the whole JSON response")
+    a.add_argument("--api-key", default=os.environ.get("RAGSVC_API_KEY", ""), help="(env RAGSVC_API_KEY)")
     a.set_defaults(func=cmd_ask)
+    e = sub.add_parser("eval", help="evaluate answer quality on a question file (JSON, Markdown, PNG reports)")
+    e.add_argument("questions", nargs="+", metavar="QUESTIONS.jsonl")
+    e.add_argument("--collection", required=True)
+    e.add_argument("--mode", choices=["auto", "off", "on"], default="auto")
+    e.add_argument("--out", default="eval-results", help="folder for the reports (default eval-results)")
+    e.add_argument("--name", help="file name prefix of the reports (default eval_<mode>)")
+    e.add_argument("--url", default="http://127.0.0.1:8000")
+    e.add_argument("--api-key", default=os.environ.get("RAGSVC_API_KEY", ""), help="(env RAGSVC_API_KEY)")
+    e.add_argument("--in-process", action="store_true",
+                   help="run the service inside this process (settings from RAGSVC_*) instead of --url")
+    e.add_argument("--limit", type=int, help="only the first N questions")
+    e.set_defaults(func=cmd_eval)
+    k = sub.add_parser("keys", help="create, list and revoke API keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key and print it (shown only this once)")
+    kc.add_argument("--collection", help="the collection the key is for")
+    kc.add_argument("--all-collections", action="store_true", help="a key for every collection")
+    kc.add_argument("--scope", choices=["read", "write", "admin"], required=True,
+                    help="read: list and ask; write: also upload and delete documents; admin: also collections")
+    kc.add_argument("--name", default="", help="a label to recognise the key by")
+    ksub.add_parser("list", help="list keys (never the keys themselves)")
+    kr = ksub.add_parser("revoke", help="revoke a key at once")
+    kr.add_argument("key_id", help="the key's id (or the whole key)")
+    k.set_defaults(func=cmd_keys)
+    c = sub.add_parser("cleanup", help="remove stored upload files that no document owns")
+    c.add_argument("--grace-s", type=float, default=3600.0,
+                   help="only files older than this many seconds (an upload may be in flight)")
+    c.set_defaults(func=cmd_cleanup)
     return p
 
 

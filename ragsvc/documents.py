@@ -22,6 +22,7 @@ from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import KeywordStore, rebuild_from_db
 from ragsvc.observability import request_id
 from ragsvc.settings import Settings
+from ragsvc.storage import write_atomic
 
 log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "default"
@@ -186,11 +187,10 @@ class DocumentService:
                        sha256=digest, storage_path="", replaces_id=replaces)
         session.add(doc)
         session.flush()
-        folder = self.files_dir / doc.id  # a generated name: the user's filename never touches the disk
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "original"
-        path.write_bytes(up.data)
+        # A generated name: the user's filename never touches the disk. Whole file before the commit.
+        path = self.files_dir / doc.id / "original"
         written.append(path)
+        write_atomic(path, up.data)
         doc.storage_path = str(path)
         session.add(Job(document_id=doc.id, request_id=request_id.get()))
         return doc
@@ -236,16 +236,19 @@ class DocumentService:
             log.exception("keyword index rebuild for %s failed", collection_id)
 
     # --- jobs --------------------------------------------------------------------------------
-    def jobs(self, status: str | None = None, limit: int = 200) -> list[dict]:
+    def jobs(self, status: str | None = None, limit: int = 200, collection: str | None = None) -> list[dict]:
         with self.sessions() as session:
-            q = (select(Job, Document.filename, Document.stage, Document.progress)
-                 .join(Document).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))))
+            q = (select(Job, Document.filename, Document.stage, Document.progress, Collection.name)
+                 .select_from(Job).join(Document, Job.document_id == Document.id)
+                 .join(Collection, Document.collection_id == Collection.id).order_by(Job.id.desc()).limit(max(1, min(limit, 1000))))
             if status:
                 q = q.where(Job.status == status)
+            if collection:
+                q = q.where(Collection.name == collection)
             return [
-                {"id": j.id, "document_id": j.document_id, "filename": fn, "status": j.status,
+                {"id": j.id, "document_id": j.document_id, "collection": coll, "filename": fn, "status": j.status,
                  "stage": stage, "progress": progress, "attempts": j.attempts, "worker": j.lease_owner,
                  "lease_expires_at": _iso(j.lease_expires_at), "error": j.error,
                  "created_at": _iso(j.created_at), "updated_at": _iso(j.updated_at)}
-                for j, fn, stage, progress in session.execute(q).all()
+                for j, fn, stage, progress, coll in session.execute(q).all()
             ]

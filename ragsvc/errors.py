@@ -2,11 +2,14 @@
 
     RagsvcError                      500  something went wrong on our side
     ├── BadRequest                   400  the request itself is malformed
+    ├── Unauthorized                 401  no API key, or an unknown or revoked one
+    ├── Forbidden                    403  the key's scope or collection does not allow this
     ├── NotFound                     404  no such document / collection
     ├── Conflict                     409  the request clashes with current state
     ├── PayloadTooLarge              413  upload over the size limit
     ├── UnsupportedMediaType         415  file type we cannot parse
     ├── InvalidInput                 422  well-formed but unusable input (empty file, empty question)
+    ├── TooManyRequests              429  the key's rate limit is spent (Retry-After says for how long)
     ├── NotReady                     503  a component (engine, database) is still starting
     └── IngestError                  —    a document cannot be ingested; marks it failed with the reason
         └── ParseError               —    the parser rejected the file (corrupt, encrypted, no text)
@@ -32,6 +35,16 @@ class BadRequest(RagsvcError):
     title = "Bad request"
 
 
+class Unauthorized(RagsvcError):
+    status_code = 401
+    title = "Unauthorized"
+
+
+class Forbidden(RagsvcError):
+    status_code = 403
+    title = "Forbidden"
+
+
 class NotFound(RagsvcError):
     status_code = 404
     title = "Not found"
@@ -55,6 +68,11 @@ class UnsupportedMediaType(RagsvcError):
 class InvalidInput(RagsvcError):
     status_code = 422
     title = "Invalid input"
+
+
+class TooManyRequests(RagsvcError):
+    status_code = 429
+    title = "Too many requests"
 
 
 class NotReady(RagsvcError):

@@ -36,6 +36,7 @@ class Generator(Protocol):
     def count_prompt(self, messages: list[dict], prefill: str) -> int: ...
     def count_tokens(self, texts: list[str]) -> list[int]: ...
     def stream(self, messages: list[dict], prefill: str, plan: ModePlan) -> AsyncIterator[tuple[str, Generation]]: ...
+    def health(self) -> str | None: ...  # None when it can generate, else why not
 
 
 def cuda_available() -> bool:
@@ -134,8 +135,16 @@ class VllmGenerator:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            dead = self.health()
+            if dead:  # the engine process is gone: the slot reloads it, clients retry
+                raise EngineDown(f"{dead}; it is being restarted, try again in a minute.", retry_after=30) from exc
             raise RagsvcError(f"Generation failed on the vLLM engine: {exc}") from exc
         yield "", totals
+
+    def health(self) -> str | None:
+        if getattr(self._engine, "errored", False):
+            return f"The vLLM engine stopped ({getattr(self._engine, 'dead_error', None) or 'engine core died'})"
+        return None
 
     def close(self) -> None:
         try:
@@ -144,15 +153,35 @@ class VllmGenerator:
             log.exception("vLLM engine shutdown failed")
 
 
+class EngineDown(NotReady):
+    """The generation engine was up and is not now (its process died, its server is unreachable)."""
+
+    title = "Generation engine unavailable"
+
+
 class EngineSlot:
-    """Holds the generator once it has loaded in the background; handlers ask it for the engine."""
+    """Holds the generator once it has loaded in the background; handlers ask it for the engine.
+
+    When an in-process engine dies, :meth:`get` hands it to ``on_dead`` (the app reloads it in the
+    background) and answers 503 meanwhile; a remote server that went away is simply retried.
+    """
 
     def __init__(self) -> None:
-        self.generator: VllmGenerator | None = None
+        self.generator: Generator | None = None
         self.error: str | None = None
+        self.on_dead = None  # callable(dead generator, reason), set by the app
 
-    def get(self) -> VllmGenerator:
-        if self.generator is None:
-            raise NotReady(self.error or "The language model is still loading; try again in a minute.",
-                           retry_after=10)
-        return self.generator
+    def get(self) -> Generator:
+        gen = self.generator
+        if gen is not None and isinstance(gen, VllmGenerator):
+            reason = gen.health()
+            if reason:
+                self.generator, self.error = None, f"{reason}; restarting it"
+                if self.on_dead:
+                    self.on_dead(gen, reason)
+                gen = None
+        if gen is None:
+            raise EngineDown(self.error or "The language model is still loading; try again in a minute.",
+                             retry_after=10) if self.error else NotReady(
+                "The language model is still loading; try again in a minute.", retry_after=10)
+        return gen

@@ -8,6 +8,7 @@ documents become searchable without a restart.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -94,9 +95,17 @@ class IndexStore:
 
     def _write(self, folder: Path, index: faiss.Index) -> None:
         tmp = folder / f".{INDEX_FILE}.{os.getpid()}.tmp"
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        try:
+            faiss.write_index(index, str(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        except (OSError, RuntimeError) as exc:
+            # A full disk or an unwritable folder: FAISS reports it as a RuntimeError. Remove the partial
+            # file (it holds space) and say what happened; the served index was never touched.
+            tmp.unlink(missing_ok=True)
+            free = shutil.disk_usage(folder).free if folder.exists() else 0
+            raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                          f"writing the index failed ({exc}; {free} bytes free)", str(folder)) from exc
         os.replace(tmp, folder / INDEX_FILE)
 
     def add(self, collection_id: str, ids: list[int], vectors: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 import httpx
 
 from ragsvc.errors import RagsvcError
-from ragsvc.generation import Generation
+from ragsvc.generation import EngineDown, Generation
 from ragsvc.prompts import ModePlan
 from ragsvc.settings import Settings
 
@@ -50,6 +50,8 @@ class RemoteVllmGenerator:
         try:
             r = self._sync.post(f"{self.root}/tokenize", json={"model": self.model_name, **payload})
             return r.raise_for_status().json()["tokens"]
+        except httpx.TransportError as exc:
+            raise self._down(exc) from exc
         except httpx.HTTPError as exc:
             raise RagsvcError(f"The vLLM server could not tokenize the prompt: {exc}") from exc
 
@@ -95,9 +97,24 @@ class RemoteVllmGenerator:
                         totals.finish_reason = choice.get("finish_reason") or totals.finish_reason
                         if text:
                             yield text, totals
+        except httpx.TransportError as exc:
+            raise self._down(exc) from exc
         except httpx.HTTPError as exc:
             raise RagsvcError(f"Generation failed on the vLLM server: {exc}") from exc
         yield "", totals
+
+    def _down(self, exc: Exception) -> EngineDown:
+        # Nothing to restart on our side: the next request tries the server again.
+        return EngineDown(f"The generation engine (the vLLM server at {self.v1}) is unreachable: "
+                          f"{type(exc).__name__}: {exc}. Check that it runs; asking works again once it answers.",
+                          retry_after=10)
+
+    def health(self) -> str | None:
+        try:
+            self._sync.get(f"{self.root}/health", timeout=3).raise_for_status()
+            return None
+        except httpx.HTTPError as exc:
+            return f"the vLLM server at {self.v1} does not answer ({type(exc).__name__})"
 
     def close(self) -> None:
         self._sync.close()

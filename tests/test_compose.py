@@ -47,6 +47,7 @@ def test_services_and_pins():
         assert "healthcheck" in services[name], name
     assert services["api"]["depends_on"]["vllm"]["condition"] == "service_healthy"
     assert services["api"]["environment"]["RAGSVC_LLM_URL"] == "http://vllm:8000/v1"
+    assert services["api"]["environment"]["RAGSVC_AUTH"] == "on"  # on a network, keys are required
     assert "ports" not in services["worker"]  # scalable: docker compose up --scale worker=N
 
 
@@ -86,6 +87,10 @@ def test_api_worker_postgres_wiring_as_local_processes(vllm_server, tmp_path):
             "RAGSVC_DATA_DIR": str(tmp_path / "data"), "RAGSVC_INDEX_DIR": str(tmp_path / "indexes")}
         migrate = COMPOSE["services"]["migrate"]["command"]
         assert subprocess.run([RAGSVC, *migrate[1:]], env=env, timeout=120).returncode == 0
+        # Authentication is on in compose: the first key, as the comment in compose.yaml says.
+        made = subprocess.run([RAGSVC, "keys", "create", "--collection", "default", "--scope", "admin"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
         port = free_port()
         api_cmd = [RAGSVC, *COMPOSE["services"]["api"]["command"][1:]]
         api_cmd[api_cmd.index("--host") + 1] = "127.0.0.1"
@@ -96,6 +101,8 @@ def test_api_worker_postgres_wiring_as_local_processes(vllm_server, tmp_path):
         worker = subprocess.Popen([RAGSVC, *COMPOSE["services"]["worker"]["command"][1:]], env=env, cwd=tmp_path,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         svc = Service(f"http://127.0.0.1:{port}", api, tmp_path, tmp_path / "api.log", "postgresql")
+        assert svc.client.get("/v1/documents").status_code == 401
+        svc.client.headers["authorization"] = f"Bearer {made.stdout.strip()}"
         try:
             deadline = time.time() + 600
             while not _ready(svc):

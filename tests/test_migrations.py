@@ -24,7 +24,7 @@ def assert_schema_matches_models(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            assert set(inspect(conn).get_table_names()) >= {"collections", "documents", "chunks", "jobs"}
+            assert set(inspect(conn).get_table_names()) >= {"collections", "documents", "chunks", "jobs", "api_keys"}
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert diff == [], f"models and migrations disagree: {diff}"
     finally:
@@ -33,7 +33,7 @@ def assert_schema_matches_models(url: str) -> None:
 
 def test_upgrade_on_empty_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    assert "revision 0002" in upgrade_via_cli(tmp_path, url)
+    assert "revision 0003" in upgrade_via_cli(tmp_path, url)
     assert_schema_matches_models(url)
     # Idempotent: a second upgrade changes nothing and succeeds.
     upgrade_via_cli(tmp_path, url)
@@ -41,7 +41,7 @@ def test_upgrade_on_empty_sqlite(tmp_path):
 
 def test_upgrade_on_postgresql(tmp_path):
     with new_pg_database() as url:
-        assert "revision 0002" in upgrade_via_cli(tmp_path, url)
+        assert "revision 0003" in upgrade_via_cli(tmp_path, url)
         assert_schema_matches_models(url)
 
 

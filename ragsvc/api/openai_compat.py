@@ -18,6 +18,7 @@ from litestar import Request, Response, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ragsvc.ask import AskRequest, AskService
+from ragsvc.auth import Principal
 from ragsvc.errors import InvalidInput, RagsvcError
 
 MODEL = "ragsvc"
@@ -36,10 +37,10 @@ def _question(messages: Any) -> str:
     raise InvalidInput("No user message with text was found in 'messages'; the last user message is the question.")
 
 
-def _collection(model: Any) -> str:
+def _collection(model: Any) -> str | None:
     if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + "/")):
         raise InvalidInput(f"'model' must be {MODEL!r} or '{MODEL}/<collection>'; got {model!r}.")
-    return model.split("/", 1)[1] if "/" in model else "default"
+    return model.split("/", 1)[1] if "/" in model else None  # None: the key's collection, else default
 
 
 def sources_text(citations: list[dict]) -> str:
@@ -52,25 +53,35 @@ def sources_text(citations: list[dict]) -> str:
     return "\n\nSources:\n" + "\n".join(lines)
 
 
-def _request(body: dict) -> AskRequest:
+def _request(body: dict, principal: Principal) -> AskRequest:
     if not isinstance(body, dict):
         raise InvalidInput("The request body must be a JSON object.")
     mode = body.get("mode", "auto")
     if mode not in ("auto", "on", "off"):
         raise InvalidInput("'mode' must be 'auto', 'on' or 'off'.")
     return AskRequest(question=_question(body.get("messages")), mode=mode,
-                      collection=_collection(body.get("model", MODEL)),
-                      include_reasoning=bool(body.get("include_reasoning", False)))
+                      collection=principal.collection_for(_collection(body.get("model", MODEL)), "read", "asking"),
+                      include_reasoning=bool(body.get("include_reasoning", False)),
+                      max_tokens=_max_tokens(body))
+
+
+def _max_tokens(body: dict) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"'max_tokens' must be a whole number; got {value!r}.")
+    return value
 
 
 @post("/v1/chat/completions", status_code=200, tags=["openai"])
-async def chat_completions(request: Request, asker: AskService) -> Response:
+async def chat_completions(request: Request, asker: AskService, principal: Principal) -> Response:
     """OpenAI-compatible chat completion answered from a collection's documents."""
     try:
         body = await request.json()
     except Exception as exc:  # noqa: BLE001 - a malformed body is the client's to fix
         raise InvalidInput(f"The request body is not valid JSON ({exc}).") from exc
-    req = _request(body)
+    req = _request(body, principal)
     model = body.get("model", MODEL)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not body.get("stream"):

@@ -14,9 +14,11 @@ PROBLEM = "application/problem+json"
 
 
 def problem(request: Request, status: int, title: str, detail: str, **extra: object) -> Response:
-    headers = {}
+    headers = dict(extra.pop("headers", None) or {})  # type: ignore[arg-type]
     if "retry_after" in extra:
         headers["Retry-After"] = str(extra.pop("retry_after"))
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="ragsvc"'
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
             "instance": request.url.path, **extra}
     return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
@@ -48,7 +50,14 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
         detail = f"There is nothing at {request.url.path}; see /schema for the API."
     if exc.status_code == 413:
         detail = f"The upload is too large: {detail}. Raise RAGSVC_MAX_UPLOAD_MB or send smaller files."
-    return problem(request, exc.status_code, _title(exc.status_code), str(detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 429:
+        # Litestar's limiter says when the window resets (RateLimit-Reset); clients read Retry-After.
+        wait = headers.get("RateLimit-Reset", "60")
+        headers["Retry-After"] = wait
+        detail = (f"This API key has used its requests for this minute; try again in {wait} s "
+                  "(limits: RAGSVC_RATE_LIMIT_ASK_PER_MINUTE, RAGSVC_RATE_LIMIT_UPLOAD_PER_MINUTE).")
+    return problem(request, exc.status_code, _title(exc.status_code), str(detail), headers=headers)
 
 
 def _title(status: int) -> str:

@@ -21,6 +21,7 @@ from ragsvc.api.openai_compat import chat_completions
 from ragsvc.api.problems import problem
 from ragsvc.api.web import index, static
 from ragsvc.ask import AskRequest, AskService
+from ragsvc.auth import Principal
 from ragsvc.documents import DocumentService, Upload
 from ragsvc.errors import InvalidInput, RagsvcError
 from ragsvc.settings import Settings
@@ -57,11 +58,13 @@ class DocumentController(Controller):
     tags = ["documents"]
 
     @post("/", status_code=HTTP_202_ACCEPTED, operation_class=UploadOperation)
-    async def upload(self, request: Request, documents: DocumentService, settings: Settings) -> dict:
+    async def upload(self, request: Request, documents: DocumentService, settings: Settings,
+                     principal: Principal) -> dict:
         """Upload files as ``multipart/form-data``: one or more ``files`` fields, an optional ``collection``
         (default ``default``) and an optional ``replaces`` (a document id). Example:
         ``curl -F files=@manual.pdf -F collection=manuals http://127.0.0.1:8000/v1/documents``.
         Answers 202 with each document's id and status; ingestion is queued."""
+        principal.require("write", "uploading documents")  # before the body is read
         form = await request.form()
         files = form.getall("files") if "files" in form else []
         if len(files) > settings.max_files_per_upload:
@@ -70,24 +73,35 @@ class DocumentController(Controller):
         for item in files:
             if isinstance(item, UploadFile):
                 uploads.append(Upload(item.filename or "upload", await item.read()))
-        collection = form.get("collection") or "default"
+        collection = principal.collection_for(str(form.get("collection") or "") or None, "write",
+                                              "uploading documents")
         replaces = form.get("replaces") or None
-        created = await asyncio.to_thread(documents.create, str(collection), uploads,
+        created = await asyncio.to_thread(documents.create, collection, uploads,
                                           str(replaces) if replaces else None)
         return {"documents": created}
 
     @get("/", sync_to_thread=True)
-    def list_documents(self, documents: DocumentService, collection: str | None = None,
+    def list_documents(self, documents: DocumentService, principal: Principal, collection: str | None = None,
                        status: str | None = None) -> dict:
+        if collection or principal.collection:
+            collection = principal.collection_for(collection, "read", "listing documents")
         return {"documents": documents.list(collection, status)}
 
     @get("/{document_id:str}", sync_to_thread=True)
-    def get_document(self, document_id: str, documents: DocumentService) -> dict:
-        return documents.get(document_id)
+    def get_document(self, document_id: str, documents: DocumentService, principal: Principal) -> dict:
+        return _visible_document(documents, principal, document_id)
 
     @delete("/{document_id:str}", status_code=HTTP_204_NO_CONTENT, sync_to_thread=True)
-    def delete_document(self, document_id: str, documents: DocumentService) -> None:
+    def delete_document(self, document_id: str, documents: DocumentService, principal: Principal) -> None:
+        principal.require("write", "deleting documents")
+        _visible_document(documents, principal, document_id)
         documents.delete(document_id)
+
+
+def _visible_document(documents: DocumentService, principal: Principal, document_id: str) -> dict:
+    doc = documents.get(document_id)
+    principal.check_visible(doc["collection"], f"document with id {document_id!r}")
+    return doc
 
 
 @dataclass
@@ -100,27 +114,28 @@ class CollectionController(Controller):
     tags = ["collections"]
 
     @get("/", sync_to_thread=True)
-    def list_collections(self, documents: DocumentService) -> dict:
-        return {"collections": documents.collections()}
+    def list_collections(self, documents: DocumentService, principal: Principal) -> dict:
+        return {"collections": [c for c in documents.collections() if principal.sees(c["name"])]}
 
     @post("/", status_code=HTTP_201_CREATED, sync_to_thread=True)
-    def create_collection(self, data: CollectionBody, documents: DocumentService) -> dict:
-        return documents.create_collection(data.name)
+    def create_collection(self, data: CollectionBody, documents: DocumentService, principal: Principal) -> dict:
+        return documents.create_collection(principal.collection_for(data.name, "admin", "creating a collection"))
 
     @get("/{name:str}", sync_to_thread=True)
-    def get_collection(self, name: str, documents: DocumentService) -> dict:
-        return documents.get_collection(name)
+    def get_collection(self, name: str, documents: DocumentService, principal: Principal) -> dict:
+        return documents.get_collection(principal.collection_for(name, "read", "reading a collection"))
 
     @delete("/{name:str}", status_code=HTTP_204_NO_CONTENT, sync_to_thread=True)
-    def delete_collection(self, name: str, documents: DocumentService) -> None:
+    def delete_collection(self, name: str, documents: DocumentService, principal: Principal) -> None:
         """Delete the collection with all its documents, chunks, vectors and stored files."""
-        documents.delete_collection(name)
+        documents.delete_collection(principal.collection_for(name, "admin", "deleting a collection"))
 
 
 @get("/v1/jobs", sync_to_thread=True, tags=["documents"])
-def list_jobs(documents: DocumentService, status: str | None = None, limit: int = 200) -> dict:
+def list_jobs(documents: DocumentService, principal: Principal, status: str | None = None,
+              limit: int = 200) -> dict:
     """The ingestion queue, newest first: status, stage, progress, attempts, worker."""
-    return {"jobs": documents.jobs(status, limit)}
+    return {"jobs": documents.jobs(status, limit, principal.collection)}
 
 
 ASK_EXAMPLES = [
@@ -136,9 +151,10 @@ ASK_EXAMPLES = [
 
 @post("/v1/ask", status_code=200, tags=["ask"])
 async def ask(data: Annotated[AskBody, Body(title="Question", examples=ASK_EXAMPLES)],
-              asker: AskService) -> Response:
+              asker: AskService, principal: Principal) -> Response:
     """Answer a question from the collection's documents, with citations; ``stream: true`` for SSE."""
     fields = {k: v for k, v in data.__dict__.items() if k != "stream"}
+    fields["collection"] = principal.collection_for(data.collection, "read", "asking")
     req = AskRequest(**fields)
     if not data.stream:
         return Response(await asker.ask(req))
@@ -198,7 +214,11 @@ def _checks(state: State) -> dict[str, str]:
     except Exception as exc:  # noqa: BLE001
         checks["index_store"] = str(exc)
     slot = state.engine
-    checks["engine"] = "ok" if slot.generator else (slot.error or "loading the model")
+    gen = slot.generator
+    if gen is None:
+        checks["engine"] = slot.error or "loading the model"
+    else:
+        checks["engine"] = gen.health() or "ok"
     return checks
 
 

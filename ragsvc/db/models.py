@@ -114,3 +114,21 @@ class Job(Base):
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)  # of the upload, for the logs
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored (keys are 256-bit random, so a slow hash adds nothing).
+
+    ``collection`` is the collection *name* the key is for (a key outlives a deleted and recreated
+    collection of the same name); NULL means every collection.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public part of the key, for lookup
+    key_hash: Mapped[str] = mapped_column(String(64))
+    collection: Mapped[str | None] = mapped_column(String(128), default=None)
+    scope: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
