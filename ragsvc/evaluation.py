@@ -50,7 +50,7 @@ class Question:
 def _strings(value, what: str, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
         raise QuestionFileError(f"{where}: {what} must be a non-empty string or a list of non-empty strings")
     return value
 
@@ -245,10 +245,10 @@ def summarize(rows: list[dict]) -> dict:
         sel = [r for r in ok if r["mode"] == m]
         if not sel:
             continue
-        lat = [r["latency_ms"] for r in sel]
-        generated = [r for r in sel if r["answered"]]  # refusals never reach the model
+        generated = [r for r in sel if r["answered"]]  # refusals never reach the model: not in latency
+        lat = [r["latency_ms"] for r in generated]
         out["by_mode"][m] = {
-            "questions": len(sel),
+            "questions": len(sel), "answered": len(generated),
             "latency_p50_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99),
             "prompt_tokens_mean": mean(r["prompt_tokens"] for r in generated),
             "completion_tokens_mean": mean(r["completion_tokens"] for r in generated),
@@ -276,10 +276,15 @@ class HttpService:
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         import httpx
 
-        try:
-            resp = self.client.request(method, path, json=body)
-        except httpx.TransportError as exc:
-            raise EvalError(f"cannot reach ragsvc at {self.where}: {exc}; is `ragsvc serve` running?") from exc
+        for attempt in range(6):
+            try:
+                resp = self.client.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                raise EvalError(f"cannot reach ragsvc at {self.where}: {exc}; is `ragsvc serve` running?") from exc
+            if resp.status_code != 429 or attempt == 5:
+                break
+            # Rate limited (per API key): wait as told, then ask again; the latency is measured per call.
+            time.sleep(min(float(resp.headers.get("retry-after") or 5), 60))
         try:
             data = resp.json()
         except ValueError:
@@ -380,6 +385,10 @@ QUALITY = [("recall@1", "Recall@1"), ("recall@5", "Recall@5"), ("recall@10", "Re
            ("abstention_rate_unanswerable", "Abstained (unanswerable)")]
 
 
+def _sec(ms: float | None) -> str:
+    return "–" if ms is None else f"{ms / 1000:.1f} s"
+
+
 def markdown(report: dict) -> str:
     meta = report["meta"]
     groups = [("all", report["summary"])] + list(report["by_kind"].items()) + (
@@ -399,11 +408,13 @@ def markdown(report: dict) -> str:
         f"{g['modes']['off']} / {g['modes']['on']}" for _, g in groups) + " |")
     if report["summary"]["errors"]:
         lines.append("| Errors | " + " | ".join(str(g["errors"]) for _, g in groups) + " |")
-    lines += ["", "| Mode | Questions | Latency p50 | Latency p99 | Prompt tokens (mean) | Completion tokens (mean) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "Latency and tokens per mode chosen, over the answers the model generated (refusals take no model "
+              "call and are left out):", "",
+              "| Mode | Questions | Generated | Latency p50 | Latency p99 | Prompt tokens (mean) | "
+              "Completion tokens (mean) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m, s in report["summary"]["by_mode"].items():
-        lines.append(f"| {m} | {s['questions']} | {s['latency_p50_ms'] / 1000:.1f} s | "
-                     f"{s['latency_p99_ms'] / 1000:.1f} s | {_fmt(s['prompt_tokens_mean'], False)} | "
+        lines.append(f"| {m} | {s['questions']} | {s['answered']} | {_sec(s['latency_p50_ms'])} | "
+                     f"{_sec(s['latency_p99_ms'])} | {_fmt(s['prompt_tokens_mean'], False)} | "
                      f"{_fmt(s['completion_tokens_mean'], False)} |")
     return "\n".join(lines) + "\n"
 
@@ -418,18 +429,20 @@ def charts(report: dict, prefix: Path) -> list[Path]:
     meta = report["meta"]
     title = f"{meta['model']} · mode {meta['mode']} · {report['summary']['questions']} questions"
     groups = [("all", report["summary"])] + list(report["by_kind"].items())
-    metrics = [(k, lab) for k, lab in QUALITY if k != "abstention_rate_unanswerable"]
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    metrics = QUALITY
+    fig, ax = plt.subplots(figsize=(12, 4.8))
     width = 0.8 / len(groups)
     for gi, (name, g) in enumerate(groups):
-        xs = [i + gi * width for i in range(len(metrics))]
-        ax.bar(xs, [g[k] or 0.0 for k, _ in metrics], width, label=f"{name} ({g['questions']})")
+        # Metrics undefined for a group (no evidence, no unanswerable questions, ...) get no bar, not a 0.
+        cells = [(i + gi * width, g[k]) for i, (k, _) in enumerate(metrics) if g[k] is not None]
+        bars = ax.bar([x for x, _ in cells], [v for _, v in cells], width, label=f"{name} ({g['questions']})")
+        ax.bar_label(bars, labels=[f"{v:.2f}" for _, v in cells], fontsize=6, rotation=90, padding=2)
     ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(metrics))])
     ax.set_xticklabels([lab for _, lab in metrics], rotation=25, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.15)
     ax.set_ylabel("share (MRR: mean 1/rank)")
     ax.set_title(f"Answer quality · {title}")
-    ax.legend(title="question kind", fontsize=8)
+    ax.legend(title="question kind", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     quality = prefix.with_name(prefix.name + "_quality.png")
@@ -440,10 +453,11 @@ def charts(report: dict, prefix: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     modes = list(by_mode)
     xs = range(len(modes))
-    ax.bar([x - 0.2 for x in xs], [by_mode[m]["latency_p50_ms"] / 1000 for m in modes], 0.4, label="p50")
-    ax.bar([x + 0.2 for x in xs], [by_mode[m]["latency_p99_ms"] / 1000 for m in modes], 0.4, label="p99")
+    ax.bar([x - 0.2 for x in xs], [(by_mode[m]["latency_p50_ms"] or 0) / 1000 for m in modes], 0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [(by_mode[m]["latency_p99_ms"] or 0) / 1000 for m in modes], 0.4, label="p99")
     ax.set_xticks(list(xs))
-    ax.set_xticklabels([f"{m} ({by_mode[m]['questions']} q, "
+    ax.set_xlim(-0.7, len(modes) - 0.3)
+    ax.set_xticklabels([f"{m} ({by_mode[m]['answered']} answers, "
                         f"{_fmt(by_mode[m]['completion_tokens_mean'], False)} tok)" for m in modes])
     ax.set_ylabel("seconds per answer")
     ax.set_title(f"Latency by mode chosen\n{title}", fontsize=9)
