@@ -52,16 +52,17 @@ def new_pg_database():
 
     name = f"ragsvc_test_{uuid.uuid4().hex[:8]}"
     try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required for these tests: {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     try:
         yield f"{base}/{name}"
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        # A new connection: the fault tests restart PostgreSQL, which ends any connection held meanwhile.
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=30) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +111,7 @@ def start_service(tmp: Path, database_url: str | None, db_label: str,
         env["RAGSVC_DATABASE_URL"] = database_url
     log = tmp / "service.log"
     proc = subprocess.Popen([RAGSVC, "serve", "--port", str(port)], env=env, cwd=tmp,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
     svc = Service(f"http://127.0.0.1:{port}", proc, tmp, log, db_label)
     deadline = time.time() + READY_TIMEOUT_S
     while time.time() < deadline:
