@@ -107,3 +107,27 @@ def test_citations_checked_claim_by_claim(embedder):
     assert [(c.n, c.inferred) for c in second.citations] == [(2, True)]
     assert third.citations == [] and third.is_claim
     assert "[2][1]." in answer and "[7]" not in answer
+
+
+def test_engine_slot_hands_a_dead_in_process_engine_to_the_reloader():
+    """Unit test of the slot around the engine (the engine itself is a stand-in here)."""
+    from ragsvc.generation import EngineDown, EngineSlot, VllmGenerator
+
+    class Dead(VllmGenerator):
+        def __init__(self) -> None:  # no engine behind it
+            self.model_name = "stand-in"
+
+        def health(self) -> str | None:
+            return "The vLLM engine stopped (engine core died)"
+
+    slot, handed = EngineSlot(), []
+    slot.on_dead = lambda gen, reason: handed.append((gen, reason))
+    dead = Dead()
+    slot.generator = dead
+    with pytest.raises(EngineDown) as first:
+        slot.get()
+    assert first.value.status_code == 503 and "restarting" in first.value.detail
+    assert handed == [(dead, "The vLLM engine stopped (engine core died)")]
+    with pytest.raises(EngineDown):  # while it reloads: 503 again, and no second reload
+        slot.get()
+    assert len(handed) == 1

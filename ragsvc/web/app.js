@@ -2,6 +2,15 @@
 // and every filename is put on the page with textContent, never as HTML, so nothing in them can run.
 "use strict";
 
+// With API keys on, the page's requests carry the sign-in cookie; once it is refused (revoked, or
+// signed out elsewhere) go back to the sign-in form instead of showing errors.
+const nativeFetch = window.fetch.bind(window);
+window.fetch = async (...args) => {
+  const resp = await nativeFetch(...args);
+  if (resp.status === 401) window.location.assign("/login");
+  return resp;
+};
+
 const $ = (id) => document.getElementById(id);
 const el = (tag, props = {}, ...children) => {
   const node = document.createElement(tag);
