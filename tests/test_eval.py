@@ -219,7 +219,8 @@ def test_eval_run_on_the_small_model(service, sample_collection, tmp_path):
         q, retrieval, answer = raw[qid]["question"], raw[qid]["retrieval"], raw[qid]["answer"]
         ranked = [p["text"] for p in retrieval["retrieved"]]
         assert [p["n"] for p in retrieval["retrieved"]] == list(range(1, len(ranked) + 1))
-        assert len(ranked) <= max(KS)
+        if retrieval["mode"] == "off":  # `on` appends the follow-up queries' passages after the first 10
+            assert len(ranked) <= max(KS)
         packed = {p["n"]: p["text"] for p in answer["passages"]}
         cited = [c["n"] for c in answer["citations"]]
         assert row["mode"] == answer["mode"] and row["answered"] == answer["answered"]
