@@ -2,17 +2,35 @@
 
 Also the source of truth for token counts: chunks are sized in this model's word pieces so
 nothing is silently truncated by its ``max_seq_length``.
+
+Two backends compute the same vectors: torch (sentence-transformers' own ``encode``) and OpenVINO's
+runtime on the CPU (the model's transformer converted once with ``openvino.convert_model`` and cached;
+mean pooling and L2 normalisation done here exactly as the sentence-transformers modules do). The
+API and the worker are separate processes that both call ``make_embedder(settings)``, so documents
+and questions are always embedded by the same backend.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
+import tempfile
 import threading
-from typing import Protocol
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ragsvc.settings import Settings
+
+log = logging.getLogger(__name__)
+
 PACKAGED_MINILM = "all-MiniLM-L6-v2"
+Backend = Literal["auto", "torch", "openvino"]
 
 
 class Embedder(Protocol):
@@ -35,10 +53,24 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-class SentenceTransformerEmbedder:
-    """Normalised embeddings (cosine = inner product) from a sentence-transformers model."""
+def make_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+    """The embedder every process of one service builds, from the same settings (same backend)."""
+    return SentenceTransformerEmbedder(
+        settings.embedding_model, settings.embedding_device, settings.embedding_batch_size,
+        backend=settings.embedding_backend, cache_dir=settings.cache_dir,
+    )
 
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32) -> None:
+
+class SentenceTransformerEmbedder:
+    """Normalised embeddings (cosine = inner product) from a sentence-transformers model.
+
+    ``backend``: ``torch``; ``openvino`` (CPU only; falls back to torch, with a warning saying why,
+    when it cannot load); ``auto`` = ``openvino`` on a CPU, torch elsewhere. ``self.backend`` says
+    which one runs.
+    """
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, backend: Backend = "torch",
+                 cache_dir: Path | str | None = None) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from sentence_transformers import SentenceTransformer
 
@@ -50,6 +82,22 @@ class SentenceTransformerEmbedder:
         self.max_tokens = int(self._model.max_seq_length)
         # Fast tokenizers are not safe to call from several threads at once (RuntimeError: Already borrowed).
         self._lock = threading.Lock()
+        self._ov: _OpenVinoEncoder | None = None
+        self.backend = "torch"
+        if backend not in ("auto", "torch", "openvino"):
+            raise ValueError(f"unknown embedding backend {backend!r}")
+        if backend != "torch":
+            if device != "cpu":
+                if backend == "openvino":
+                    log.warning("embedding backend openvino runs on the CPU only; using torch on %s", device)
+            else:
+                try:
+                    self._ov = _OpenVinoEncoder(self._model, Path(cache_dir or tempfile.gettempdir()))
+                    self.backend = "openvino"
+                except Exception as exc:  # noqa: BLE001 (any failure to load means: keep torch)
+                    log.warning("embedding backend openvino could not load (%s: %s); using torch",
+                                type(exc).__name__, exc)
+        log.info("embedding model %s on %s, backend %s", model, device, self.backend)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text takes in the model, special tokens included."""
@@ -64,8 +112,93 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
-            vecs = self._model.encode(
-                texts, batch_size=self._batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
-            )
+            if self._ov is not None:
+                vecs = self._ov.encode(texts, self._batch_size)
+            else:
+                vecs = self._model.encode(
+                    texts, batch_size=self._batch_size, normalize_embeddings=True,
+                    convert_to_numpy=True, show_progress_bar=False,
+                )
         return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+class _OpenVinoEncoder:
+    """The sentence-transformers model's forward pass on OpenVINO's CPU runtime.
+
+    Only the plain layout is supported (Transformer -> mean Pooling [-> Normalize], as
+    all-MiniLM-L6-v2 has); anything else raises, and the caller keeps torch. OpenVINO picks the
+    inference precision for the CPU: bfloat16 where the CPU has AMX or AVX-512 BF16, float32 otherwise.
+    """
+
+    def __init__(self, st_model, cache_dir: Path) -> None:  # noqa: ANN001 (SentenceTransformer)
+        import openvino as ov
+        import torch
+
+        kinds = [type(m).__name__ for m in st_model]
+        pooling = st_model[1] if len(st_model) > 1 else None
+        mode = getattr(pooling, "pooling_mode", None)
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]) \
+                or mode not in ("mean", ["mean"]) or getattr(pooling, "include_prompt", True) is not True:
+            raise ValueError(f"unsupported module layout {kinds} (pooling {mode!r}); only mean pooling is")
+        self._tokenizer = st_model.tokenizer
+        self._max_len = int(st_model.max_seq_length)
+        auto_model = st_model[0].auto_model
+        # Two texts of different lengths, so the traced graph includes the padding mask.
+        example = dict(self._tokenizer(["an example sentence", "another one"], padding=True, return_tensors="pt"))
+        self._inputs = list(example)  # the names the converted model takes (token_type_ids for BERT)
+
+        # Cached by a hash of the weights and the runtime version: converting takes seconds, loading
+        # the saved model a fraction of that, and a different model or OpenVINO never reuses it.
+        digest = hashlib.sha256(ov.__version__.encode())
+        for name, tensor in auto_model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+        folder = cache_dir / "openvino" / digest.hexdigest()[:24]
+        xml = folder / "model.xml"
+        core = ov.Core()
+        if xml.exists():
+            model = core.read_model(xml)
+        else:
+            # The tracer warns that transformers' mask code turns Python conditions into constants;
+            # they are constant for an encoder (the mask always spans the input), and tests check
+            # padded batches against one text at a time.
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                model = ov.convert_model(auto_model, example_input=example)
+            # Any batch size and sequence length (the example fixed neither, but say so explicitly).
+            model.reshape({inp.get_any_name(): ov.PartialShape([-1, -1]) for inp in model.inputs})
+            tmp = Path(tempfile.mkdtemp(prefix=".ov-", dir=_mkdir(folder.parent)))
+            # compress_to_fp16=False: keep the float32 weights; fp16 storage would change the vectors.
+            ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
+            try:
+                tmp.rename(folder)  # atomic: another process converting at the same time loses the race
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._compiled = core.compile_model(model, "CPU")
+        self._request = self._compiled.create_infer_request()
+        self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16
+        log.info("openvino embedding model ready (inference precision %s, cache %s)", self.precision, folder)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        # Tokenised as sentence-transformers does (truncation at max_seq_length, pad to the longest),
+        # in batches of similar length so little padding is computed.
+        enc = self._tokenizer(texts, truncation=True, max_length=self._max_len, verbose=False)
+        order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
+        out = np.empty((len(texts), 0), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self._tokenizer.pad({k: [enc[k][i] for i in idx] for k in self._inputs}, return_tensors="np")
+            hidden = self._request.infer({k: batch[k].astype(np.int64) for k in self._inputs})[0]
+            mask = batch["attention_mask"][..., None].astype(np.float32)
+            # Mean over real tokens (Pooling, mode mean), then unit length (Normalize).
+            vecs = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            vecs /= np.clip(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12, None)
+            if out.shape[1] == 0:
+                out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+            out[idx] = vecs
+        return out
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

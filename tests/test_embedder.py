@@ -1,0 +1,75 @@
+"""The embedding backends: OpenVINO must give torch's vectors, and torch must take over when it cannot load."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+
+from ragsvc.embedder import SentenceTransformerEmbedder, make_embedder
+from ragsvc.settings import Settings
+
+# Real sentences of the kinds the service embeds: manual passages, a question, a short and an
+# over-long text (the last is truncated at the model limit by both backends alike).
+SENTENCES = [
+    "The directory /proc contains (among other things) one subdirectory for each process running on the system.",
+    "Which file under /proc is an image of the system memory?",
+    "apt-get install installs a package together with the packages it depends on.",
+    "Hello.",
+    "The kernel logs messages to the ring buffer, which dmesg prints. " * 30,
+]
+
+
+@pytest.fixture(scope="module")
+def torch_embedder():
+    return SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="torch")
+
+
+@pytest.fixture(scope="module")
+def ov_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("ragsvc-cache")
+
+
+@pytest.fixture(scope="module")
+def ov_embedder(ov_cache):
+    pytest.importorskip("openvino")
+    return SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="openvino", cache_dir=ov_cache)
+
+
+def test_openvino_vectors_agree_with_torch(torch_embedder, ov_embedder):
+    assert ov_embedder.backend == "openvino"
+    ref, vecs = torch_embedder.embed(SENTENCES), ov_embedder.embed(SENTENCES)
+    assert vecs.shape == ref.shape == (len(SENTENCES), 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert (vecs * ref).sum(axis=1).min() > 0.99
+    # Order is kept although the backend embeds in length-sorted batches (batch size 32 > 5 texts,
+    # so embed one at a time too, which also checks that padding does not change a vector).
+    one_by_one = np.vstack([ov_embedder.embed([s]) for s in SENTENCES])
+    assert (one_by_one * vecs).sum(axis=1).min() > 0.9999
+
+
+def test_openvino_model_is_converted_once_and_reused(ov_embedder, ov_cache, caplog):
+    saved = list((ov_cache / "openvino").glob("*/model.xml"))
+    assert len(saved) == 1
+    mtime = saved[0].stat().st_mtime_ns
+    again = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="openvino", cache_dir=ov_cache)
+    assert again.backend == "openvino" and saved[0].stat().st_mtime_ns == mtime
+    np.testing.assert_allclose(again.embed(SENTENCES[:2]), ov_embedder.embed(SENTENCES[:2]), atol=1e-6)
+
+
+def test_falls_back_to_torch_when_openvino_cannot_load(torch_embedder, monkeypatch, tmp_path, caplog):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
+    with caplog.at_level(logging.WARNING, logger="ragsvc.embedder"):
+        emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="auto", cache_dir=tmp_path)
+    assert emb.backend == "torch"
+    assert "could not load" in caplog.text and "openvino" in caplog.text
+    np.testing.assert_allclose(emb.embed(SENTENCES[:2]), torch_embedder.embed(SENTENCES[:2]), atol=1e-6)
+
+
+def test_settings_choose_the_backend(tmp_path):
+    emb = make_embedder(Settings(embedding_backend="torch", cache_dir=tmp_path))
+    assert emb.backend == "torch"
+    with pytest.raises(ValueError):
+        SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="onnx")  # type: ignore[arg-type]
