@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PACKAGED_MINILM = "all-MiniLM-L6-v2"
 Backend = Literal["auto", "torch", "openvino"]
+Dtype = Literal["float32", "bfloat16"]
 
 
 class Embedder(Protocol):
@@ -57,7 +58,7 @@ def make_embedder(settings: Settings) -> SentenceTransformerEmbedder:
     """The embedder every process of one service builds, from the same settings (same backend)."""
     return SentenceTransformerEmbedder(
         settings.embedding_model, settings.embedding_device, settings.embedding_batch_size,
-        backend=settings.embedding_backend, cache_dir=settings.cache_dir,
+        backend=settings.embedding_backend, dtype=settings.embedding_dtype, cache_dir=settings.cache_dir,
     )
 
 
@@ -66,11 +67,13 @@ class SentenceTransformerEmbedder:
 
     ``backend``: ``torch``; ``openvino`` (CPU only; falls back to torch, with a warning saying why,
     when it cannot load); ``auto`` = ``openvino`` on a CPU, torch elsewhere. ``self.backend`` says
-    which one runs.
+    which one runs. ``dtype``: ``float32`` (vectors as torch float32 gives them), or ``bfloat16``
+    (faster on CPUs with AVX-512 BF16 or AMX, slightly different vectors; the weights stay float32
+    for OpenVINO, which computes in bf16). ``self.precision`` says what runs (``f32``, ``bf16``).
     """
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, backend: Backend = "torch",
-                 cache_dir: Path | str | None = None) -> None:
+                 cache_dir: Path | str | None = None, dtype: Dtype = "float32") -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from sentence_transformers import SentenceTransformer
 
@@ -86,18 +89,25 @@ class SentenceTransformerEmbedder:
         self.backend = "torch"
         if backend not in ("auto", "torch", "openvino"):
             raise ValueError(f"unknown embedding backend {backend!r}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown embedding dtype {dtype!r}")
         if backend != "torch":
             if device != "cpu":
                 if backend == "openvino":
                     log.warning("embedding backend openvino runs on the CPU only; using torch on %s", device)
             else:
                 try:
-                    self._ov = _OpenVinoEncoder(self._model, Path(cache_dir or tempfile.gettempdir()))
+                    self._ov = _OpenVinoEncoder(self._model, Path(cache_dir or tempfile.gettempdir()), dtype)
                     self.backend = "openvino"
                 except Exception as exc:  # noqa: BLE001 (any failure to load means: keep torch)
                     log.warning("embedding backend openvino could not load (%s: %s); using torch",
                                 type(exc).__name__, exc)
-        log.info("embedding model %s on %s, backend %s", model, device, self.backend)
+        if self._ov is None and dtype == "bfloat16":
+            import torch
+
+            self._model.to(torch.bfloat16)
+        self.precision = self._ov.precision if self._ov else {"float32": "f32", "bfloat16": "bf16"}[dtype]
+        log.info("embedding model %s on %s, backend %s, precision %s", model, device, self.backend, self.precision)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text takes in the model, special tokens included."""
@@ -126,11 +136,12 @@ class _OpenVinoEncoder:
     """The sentence-transformers model's forward pass on OpenVINO's CPU runtime.
 
     Only the plain layout is supported (Transformer -> mean Pooling [-> Normalize], as
-    all-MiniLM-L6-v2 has); anything else raises, and the caller keeps torch. OpenVINO picks the
-    inference precision for the CPU: bfloat16 where the CPU has AMX or AVX-512 BF16, float32 otherwise.
+    all-MiniLM-L6-v2 has); anything else raises, and the caller keeps torch. The inference precision
+    is set explicitly: OpenVINO's own default is bfloat16 on CPUs with AMX or AVX-512 BF16, which would
+    change the vectors without being asked to.
     """
 
-    def __init__(self, st_model, cache_dir: Path) -> None:  # noqa: ANN001 (SentenceTransformer)
+    def __init__(self, st_model, cache_dir: Path, dtype: str = "float32") -> None:  # noqa: ANN001
         import openvino as ov
         import torch
 
@@ -174,7 +185,8 @@ class _OpenVinoEncoder:
                 tmp.rename(folder)  # atomic: another process converting at the same time loses the race
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
-        self._compiled = core.compile_model(model, "CPU")
+        hint = "bf16" if dtype == "bfloat16" else "f32"
+        self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         self._request = self._compiled.create_infer_request()
         self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16
         log.info("openvino embedding model ready (inference precision %s, cache %s)", self.precision, folder)

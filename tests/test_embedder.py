@@ -70,6 +70,19 @@ def test_falls_back_to_torch_when_openvino_cannot_load(torch_embedder, monkeypat
 
 def test_settings_choose_the_backend(tmp_path):
     emb = make_embedder(Settings(embedding_backend="torch", cache_dir=tmp_path))
-    assert emb.backend == "torch"
+    assert emb.backend == "torch" and emb.precision == "f32"
     with pytest.raises(ValueError):
         SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="onnx")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bfloat16_stays_close_to_float32(torch_embedder, backend, tmp_path):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend=backend, dtype="bfloat16", cache_dir=tmp_path)
+    assert emb.backend == backend
+    # OpenVINO computes in f32 on a CPU without bf16 support whatever is asked; torch always obeys.
+    assert emb.precision in (("bf16",) if backend == "torch" else ("bf16", "f32"))
+    vecs = emb.embed(SENTENCES)
+    assert vecs.dtype == np.float32
+    assert (vecs * torch_embedder.embed(SENTENCES)).sum(axis=1).min() > 0.99
