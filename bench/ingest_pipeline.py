@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pages", type=int, default=0, help="only the first N pages (quick smoke run); 0 = all")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
                     help="embedding backend of the pipeline (RAGSVC_EMBEDDING_BACKEND)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="embedding precision of the pipeline (RAGSVC_EMBEDDING_DTYPE)")
     ap.add_argument("--no-langchain", action="store_true", help="skip the LangChain baseline (needs PyPI once)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
     args = ap.parse_args(argv)
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     embedder = SentenceTransformerEmbedder(MODEL, "cpu", batch_size=BATCH, backend=args.backend,
-                                           cache_dir=Settings().cache_dir)
+                                           dtype=args.dtype, cache_dir=Settings().cache_dir)
     load_s = time.perf_counter() - t0
     model = embedder._model  # the torch model: the reference and torch's raw encode
     embedder.embed(["warm-up sentence for the embedding model"] * 8)  # first-call allocations, kernels
@@ -324,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # The backend's own encode over all texts in one call (it sorts by length itself).
     backend_encode = (lambda t: embedder._ov.encode(t, BATCH)) if embedder.backend == "openvino" else torch_encode
+    if embedder.backend == "torch" and embedder.precision != "f32":
+        raise SystemExit("--dtype bfloat16 with torch: the torch fp32 reference would be the bf16 model")
 
     pipe_runs, raw_runs, torch_runs, lc_runs = [], [], [], []
     quality: dict = {}
@@ -389,7 +393,6 @@ def build_result(*, started, pdf_path, pdf_bytes, args, load_start, embedder, lo
     p_wall = med([r["wall_s"] for r in pipe_runs])
     split = {k: med([r[k] for r in pipe_runs]) for k in ("parse_s", "chunk_s", "embed_s", "store_s")}
     raw_wall, torch_wall = med(raw_runs), med(torch_runs)
-    ov = getattr(embedder, "_ov", None)
     result = {
         "benchmark": "ingest_pipeline",
         "date": started.isoformat(timespec="seconds"),
@@ -399,7 +402,7 @@ def build_result(*, started, pdf_path, pdf_bytes, args, load_start, embedder, lo
         "machine": {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "model": {"name": MODEL, "batch_size": BATCH, "dim": embedder.dim, "load_s": load_s,
                   "backend_requested": args.backend, "backend": embedder.backend,
-                  "inference_precision": ov.precision if ov else "f32"},
+                  "dtype_requested": args.dtype, "inference_precision": embedder.precision},
         "runs": len(pipe_runs),
         "runs_requested": args.runs,
         "pipeline": {
