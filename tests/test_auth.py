@@ -32,19 +32,21 @@ def auth_svc(tmp_path_factory, pg_database):
         "RAGSVC_AUTH": "on", "RAGSVC_RATE_LIMIT_ASK_PER_MINUTE": str(ASK_LIMIT),
         "RAGSVC_RATE_LIMIT_UPLOAD_PER_MINUTE": str(UPLOAD_LIMIT)})
     engine = make_engine(pg_database.replace("postgresql://", "postgresql+psycopg://"))
-    svc.keys = KeyStore(make_sessionmaker(engine))
-    admin, _ = svc.keys.create("admin", None, "test admin")
-    svc.client.headers["authorization"] = f"Bearer {admin}"  # wait_done and setup use it
-    svc.docs = {}
-    for coll, text in (("alpha", A_TEXT), ("beta", B_TEXT)):
-        r = svc.upload([(f"{coll}.txt", text)], collection=coll)
-        assert r.status_code == 202, r.text
-        doc = r.json()["documents"][0]
-        assert svc.wait_done(doc["id"])["status"] == "ready"
-        svc.docs[coll] = doc["id"]
-    yield svc
-    stop_service(svc)
-    engine.dispose()
+    try:
+        svc.keys = KeyStore(make_sessionmaker(engine))
+        admin, _ = svc.keys.create("admin", None, "test admin")
+        svc.client.headers["authorization"] = f"Bearer {admin}"  # wait_done and setup use it
+        svc.docs = {}
+        for coll, text in (("alpha", A_TEXT), ("beta", B_TEXT)):
+            r = svc.upload([(f"{coll}.txt", text)], collection=coll)
+            assert r.status_code == 202, r.text
+            doc = r.json()["documents"][0]
+            assert svc.wait_done(doc["id"])["status"] == "ready"
+            svc.docs[coll] = doc["id"]
+        yield svc
+    finally:  # also when the setup itself failed: no service left running
+        stop_service(svc)
+        engine.dispose()
 
 
 def client(svc, key: str | None) -> httpx.Client:

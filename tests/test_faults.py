@@ -53,11 +53,13 @@ def stack(tmp_path_factory, pg_database, tmpfs_index):
     env = {"RAGSVC_LLM_URL": llm.url + "/v1", "RAGSVC_WORKER_POLL_S": "0.3"}
     if tmpfs_index:
         env["RAGSVC_INDEX_DIR"] = str(tmpfs_index)
-    svc = start_service(tmp, pg_database, "faults", extra_env=env)
-    state = {"svc": svc, "llm": llm, "env": env, "tmp": tmp, "db": pg_database, "index_dir": tmpfs_index}
-    yield state
-    stop_service(state["svc"])
-    llm.kill()
+    try:
+        svc = start_service(tmp, pg_database, "faults", extra_env=env)
+        state = {"svc": svc, "llm": llm, "env": env, "tmp": tmp, "db": pg_database, "index_dir": tmpfs_index}
+        yield state
+        stop_service(state["svc"])
+    finally:
+        llm.kill()
 
 
 def poll(fn, timeout: float, what: str):

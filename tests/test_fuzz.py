@@ -28,11 +28,13 @@ def fuzz_service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("svc-fuzz")
     # Short answers: the fuzzer asks many questions and each one really runs the model.
     svc = start_service(tmp, None, "fuzz", extra_env={"RAGSVC_MAX_TOKENS_OFF": "16", "RAGSVC_MAX_TOKENS_ON": "16"})
-    # One real document, so generated questions also reach retrieval and generation, not only 404s.
-    r = svc.upload([("fuzz.txt", b"The Quintaro ferry leaves pier 6 at 23:40 every night.\n")])
-    assert r.status_code == 202 and svc.wait_done(r.json()["documents"][0]["id"])["status"] == "ready"
-    yield svc
-    stop_service(svc)
+    try:
+        # One real document, so generated questions also reach retrieval and generation, not only 404s.
+        r = svc.upload([("fuzz.txt", b"The Quintaro ferry leaves pier 6 at 23:40 every night.\n")])
+        assert r.status_code == 202 and svc.wait_done(r.json()["documents"][0]["id"])["status"] == "ready"
+        yield svc
+    finally:
+        stop_service(svc)
 
 
 def test_no_server_error_and_responses_match_the_schema(fuzz_service, tmp_path):

@@ -27,7 +27,7 @@ def test_injected_document_changes_neither_format_nor_leaks(service):
     assert service.wait_done(doc)["status"] == "ready"
     for mode in ("off", "on"):
         r = service.client.post("/v1/ask", json={"question": "When does the Vellmoor ferry depart?",
-                                                 "collection": "injection", "mode": mode})
+                                                 "collection": "injection", "mode": mode, "max_tokens": 200})
         assert r.status_code == 200, r.text
         body = r.json()
         assert isinstance(body["answer"], str) and body["mode"] == mode
