@@ -208,7 +208,17 @@ class IndexStore:
         if entry is None or entry.index.ntotal == 0:
             return []
         searcher = entry.gpu or entry.index
-        scores, ids = searcher.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
+        # One query, one OpenMP thread. FAISS's default team (one thread per core) makes a single query
+        # wait for its slowest thread; on cores shared with the engine and the worker that made 1M-vector
+        # searches several times slower and put ~5 ms scheduler stalls into every index's p99
+        # (docs/benchmarks.md, "Retrieval at scale"). The setting is per calling thread in OpenMP, so
+        # training and batched work elsewhere keep every core.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = searcher.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != -1]
 
     def check(self) -> None:
