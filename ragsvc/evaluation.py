@@ -329,7 +329,7 @@ class InProcessService(HttpService):
 # --- the run -------------------------------------------------------------------------------------
 
 def run_eval(service: HttpService, questions: list[Question], collection: str, mode: str = "auto",
-             progress: Callable[[int, int, dict], None] | None = None) -> dict:
+             progress: Callable[[int, int, dict], None] | None = None, max_tokens: int | None = None) -> dict:
     """Ask every question; return ``{"summary", "by_kind", "by_source", "questions", "responses"}``."""
     status, body = service.request("GET", f"/v1/collections/{collection}")
     if status != 200:
@@ -337,6 +337,8 @@ def run_eval(service: HttpService, questions: list[Question], collection: str, m
     rows, responses = [], []
     for i, q in enumerate(questions, 1):
         ask = {"question": q.question, "mode": mode, "collection": collection}
+        if max_tokens:  # caps output (and so changes packing's reserve): sent with both calls
+            ask["max_tokens"] = max_tokens
         status, retrieval = service.request("POST", "/v1/ask", ask | {"dry_run": True, "top_k": max(KS),
                                                                       "include_retrieved": True})
         if status == 200 and "retrieved" not in retrieval:
@@ -364,6 +366,7 @@ def run_eval(service: HttpService, questions: list[Question], collection: str, m
                   and r["answer"].get("model")), None)
     return {
         "meta": {"collection": collection, "mode": mode, "model": model, "service": service.where,
+                 "max_tokens": max_tokens,
                  "ks": list(KS), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "summary": summarize(rows), "by_kind": groups("kind"), "by_source": groups("source"),
         "questions": rows, "responses": responses,
@@ -486,7 +489,7 @@ def write_reports(report: dict, out_dir: str | Path, name: str | None = None) ->
 
 
 def command(settings, paths: list[str], collection: str, mode: str, out: str, url: str, api_key: str,  # noqa: ANN001
-            in_process: bool, limit: int | None, name: str | None) -> int:
+            in_process: bool, limit: int | None, name: str | None, max_tokens: int | None = None) -> int:
     """What ``ragsvc eval`` does: load, run, write the reports, print the Markdown table."""
     import sys
 
@@ -506,7 +509,7 @@ def command(settings, paths: list[str], collection: str, mode: str, out: str, ur
     try:
         service = InProcessService(settings, api_key) if in_process else HttpService(url, api_key)
         try:
-            report = run_eval(service, questions, collection, mode, progress)
+            report = run_eval(service, questions, collection, mode, progress, max_tokens)
         finally:
             service.close()
     except EvalError as exc:
