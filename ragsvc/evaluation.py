@@ -328,6 +328,32 @@ class InProcessService(HttpService):
 
 # --- the run -------------------------------------------------------------------------------------
 
+def _ask_one(service: HttpService, q: Question, collection: str, mode: str,
+             max_tokens: int | None) -> tuple[dict, dict]:
+    """The two calls for one question (dry run with the ranking, then the real ask) and its scored row."""
+    ask = {"question": q.question, "mode": mode, "collection": collection}
+    if max_tokens:  # caps output (and so changes packing's reserve): sent with both calls
+        ask["max_tokens"] = max_tokens
+    status, retrieval = service.request("POST", "/v1/ask", ask | {"dry_run": True, "top_k": max(KS),
+                                                                  "include_retrieved": True})
+    if status == 200 and "retrieved" not in retrieval:
+        raise EvalError("the service's /v1/ask does not return \"retrieved\" (include_retrieved); "
+                        "it is older than this ragsvc eval")
+    if status == 200:
+        t0 = time.perf_counter()
+        status, answer = service.request("POST", "/v1/ask", ask)
+        latency = (time.perf_counter() - t0) * 1000
+    else:
+        answer, latency = retrieval, 0.0
+    if status != 200:
+        row = {"id": q.id, "source": q.source, "kind": q.kind, "question": q.question,
+               "error": f"HTTP {status}: {answer.get('detail', answer)}"}
+    else:
+        row = score(q, retrieval, answer, latency)
+    return row, {"id": q.id, "question": asdict(q), "retrieval": retrieval, "answer": answer,
+                 "latency_ms": round(latency, 1)}
+
+
 def run_eval(service: HttpService, questions: list[Question], collection: str, mode: str = "auto",
              progress: Callable[[int, int, dict], None] | None = None, max_tokens: int | None = None) -> dict:
     """Ask every question; return ``{"summary", "by_kind", "by_source", "questions", "responses"}``."""
@@ -335,38 +361,26 @@ def run_eval(service: HttpService, questions: list[Question], collection: str, m
     if status != 200:
         raise EvalError(f"collection {collection!r}: {body.get('detail', body)} (HTTP {status})")
     rows, responses = [], []
+    stopped = False
     for i, q in enumerate(questions, 1):
-        ask = {"question": q.question, "mode": mode, "collection": collection}
-        if max_tokens:  # caps output (and so changes packing's reserve): sent with both calls
-            ask["max_tokens"] = max_tokens
-        status, retrieval = service.request("POST", "/v1/ask", ask | {"dry_run": True, "top_k": max(KS),
-                                                                      "include_retrieved": True})
-        if status == 200 and "retrieved" not in retrieval:
-            raise EvalError("the service's /v1/ask does not return \"retrieved\" (include_retrieved); "
-                            "it is older than this ragsvc eval")
-        if status == 200:
-            t0 = time.perf_counter()
-            status, answer = service.request("POST", "/v1/ask", ask)
-            latency = (time.perf_counter() - t0) * 1000
-        else:
-            answer, latency = retrieval, 0.0
-        if status != 200:
-            row = {"id": q.id, "source": q.source, "kind": q.kind, "question": q.question,
-                   "error": f"HTTP {status}: {answer.get('detail', answer)}"}
-        else:
-            row = score(q, retrieval, answer, latency)
+        try:
+            row, response = _ask_one(service, q, collection, mode, max_tokens)
+        except KeyboardInterrupt:  # Ctrl-C: stop asking and report the questions done so far
+            stopped = True
+            break
         rows.append(row)
-        responses.append({"id": q.id, "question": asdict(q), "retrieval": retrieval, "answer": answer,
-                          "latency_ms": round(latency, 1)})
+        responses.append(response)
         if progress:
             progress(i, len(questions), row)
+    if not rows:
+        raise EvalError("stopped before any question was answered")
     groups = lambda key: {v: summarize([r for r in rows if r[key] == v])  # noqa: E731
                           for v in sorted({r[key] for r in rows})}
     model = next((r["answer"].get("model") for r in responses if isinstance(r["answer"], dict)
                   and r["answer"].get("model")), None)
     return {
         "meta": {"collection": collection, "mode": mode, "model": model, "service": service.where,
-                 "max_tokens": max_tokens,
+                 "max_tokens": max_tokens, "questions_total": len(questions), "interrupted": stopped,
                  "ks": list(KS), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "summary": summarize(rows), "by_kind": groups("kind"), "by_source": groups("source"),
         "questions": rows, "responses": responses,
@@ -397,7 +411,9 @@ def markdown(report: dict) -> str:
     groups = [("all", report["summary"])] + list(report["by_kind"].items()) + (
         list(report["by_source"].items()) if len(report["by_source"]) > 1 else [])
     lines = [f"Model `{meta['model']}`, collection `{meta['collection']}`, mode `{meta['mode']}`, "
-             f"{report['summary']['questions']} questions ({meta['date']}).", "",
+             f"{report['summary']['questions']} questions ({meta['date']})"
+             + (f"; stopped early: {report['summary']['questions']} of {meta['questions_total']} asked." if
+                meta.get("interrupted") else "."), "",
              "| Metric | " + " | ".join(name for name, _ in groups) + " |",
              "|---|" + "---:|" * len(groups)]
     lines.append("| Questions | " + " | ".join(str(g["questions"]) for _, g in groups) + " |")
