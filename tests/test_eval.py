@@ -273,3 +273,27 @@ def test_eval_run_on_the_small_model(service, sample_collection, tmp_path):
         assert m["latency_p50_ms"] == pytest.approx(np.percentile(lat, 50))
         assert m["latency_p99_ms"] == pytest.approx(np.percentile(lat, 99))
     assert report["by_kind"]["lookup"]["questions"] == 2 and report["meta"]["model"] == "smollm2-135m-instruct"
+
+
+def test_ctrl_c_keeps_the_questions_already_answered():
+    """A stub service (pure unit test of the runner): the second question's ask is interrupted."""
+    from ragsvc.evaluation import run_eval
+
+    class Stub:
+        where = "stub"
+        asks = 0
+
+        def request(self, method, path, body=None):  # noqa: ANN001, ANN201
+            if path.startswith("/v1/collections/"):
+                return 200, {"name": "c"}
+            self.asks += 1
+            if self.asks == 3:  # the second question's dry run
+                raise KeyboardInterrupt
+            if body.get("dry_run"):
+                return 200, {"retrieved": [{"n": 1, "text": "opened in 1932"}]}
+            return 200, _response("1932 [1]", True, "off", ["opened in 1932"], [1], 10, 3)
+
+    qs = [Question("a", "q1", ["1932"], ["opened in 1932"]), Question("b", "q2", ["x"], ["y"])]
+    report = run_eval(Stub(), qs, "c")
+    assert report["meta"]["interrupted"] and report["meta"]["questions_total"] == 2
+    assert [r["id"] for r in report["questions"]] == ["a"] and report["summary"]["answer_match"] == 1.0
