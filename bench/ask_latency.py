@@ -5,8 +5,9 @@ test facts PDF (or ``--pdf``), then asks the questions with each number of concu
 ``--concurrency`` (default 1, 8 and 32), per mode; a level with more askers than ``--questions`` asks
 as many questions as it has askers, so that every asker has one. The levels are run ``--runs`` times in
 interleaved rounds and each figure is the median over the rounds. Reports p50/p99 end-to-end latency,
-time to first token (streamed), and the service overhead = end-to-end − (retrieval + engine) time as the server reports them. Goals: overhead at
-most 10% of end-to-end; concurrent answer throughput at least 3× sequential (vLLM batches requests).
+time to first token (streamed), and the service overhead = end-to-end − (retrieval + engine) time as
+the server reports them. Goals: overhead at most 10% of end-to-end; concurrent answer throughput at
+least 3× sequential (vLLM batches requests).
 
     flock /tmp/ragsvc-cpu.lock .venv/bin/python bench/ask_latency.py [--url URL] [--concurrency 1,8,32]
         [--questions 16] [--runs 2]
@@ -147,7 +148,8 @@ def main() -> None:
             conc = by.get((mode, c))
             if seq and conc:
                 conc["throughput_vs_sequential"] = conc["answers_per_s"] / seq["answers_per_s"]
-                print(f"{mode}: {c} askers give {conc['throughput_vs_sequential']:.2f}x the sequential answer throughput")
+                print(f"{mode}: {c} askers give {conc['throughput_vs_sequential']:.2f}x the sequential "
+                      "answer throughput")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
 
