@@ -45,6 +45,7 @@ class AskRequest:
     document_ids: list[str] | None = None
     dry_run: bool = False
     max_tokens: int | None = None  # lowers the mode's output budget for this request
+    seed: int | None = None  # fixes sampling in `on` mode: the same question gives the same answer
     include_retrieved: bool = False  # add `retrieved`: the ranked list before packing (for `ragsvc eval`)
 
 
@@ -91,6 +92,8 @@ class AskService:
         if req.max_tokens is not None and not 1 <= req.max_tokens <= self.settings.max_output_tokens:
             raise InvalidInput(f"max_tokens must be between 1 and {self.settings.max_output_tokens}; "
                                f"got {req.max_tokens}.")
+        if req.seed is not None and not 0 <= req.seed < 2**63:
+            raise InvalidInput(f"seed must be a whole number from 0 to 2**63 - 1; got {req.seed}.")
         if req.document_ids is not None and len(req.document_ids) > 1000:
             raise InvalidInput(f"document_ids lists {len(req.document_ids)} documents; filter by at most 1000.")
 
@@ -131,8 +134,8 @@ class AskService:
         margin = dense[0] - dense[1] if len(dense) > 1 else None
         return route(question, spread, margin)
 
-    def _sampling(self, profile: str, mode: str, max_tokens: int | None) -> ModePlan:
-        plan = mode_plan(profile, mode, self.settings.max_tokens_off, self.settings.max_tokens_on)
+    def _sampling(self, profile: str, mode: str, max_tokens: int | None, seed: int | None = None) -> ModePlan:
+        plan = replace(mode_plan(profile, mode, self.settings.max_tokens_off, self.settings.max_tokens_on), seed=seed)
         if max_tokens:
             plan = replace(plan, max_tokens=min(plan.max_tokens, max_tokens))
         return plan
@@ -213,7 +216,7 @@ class AskService:
                                         "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False) \
                 | retrieved
             return
-        sampling = self._sampling(profile, decision.mode, req.max_tokens)
+        sampling = self._sampling(profile, decision.mode, req.max_tokens, req.seed)
         splitter = ThinkSplitter()
         totals = None
         t_first = None

@@ -121,7 +121,7 @@ class VllmGenerator:
         params = SamplingParams(
             temperature=plan.temperature, top_p=plan.top_p,
             max_tokens=min(plan.max_tokens, self.max_model_len - len(ids)),
-            output_kind=RequestOutputKind.DELTA,
+            output_kind=RequestOutputKind.DELTA, seed=plan.seed,
         )
         totals = Generation(prompt_tokens=len(ids))
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from ragsvc.prompts import format_passages
 from ragsvc.retrieval import Passage
 
 
@@ -64,9 +65,10 @@ def pack(passages: list[Passage], count_tokens: Callable[[list[str]], list[int]]
          max_passages: int) -> Packed:
     """Choose passages (best first) whose formatted tokens fit ``budget``; order them edges-first."""
     merged = merge_adjacent(passages)
-    width = "0" * len(str(len(merged)))
-    # Counted as they will be formatted in the prompt: number, label line, whitespace-collapsed text.
-    costs = count_tokens([f"[{width}] ({p.label})\n{' '.join(p.text.split())}\n\n" for p in merged]) if merged else []
+    widest = len(merged)  # the widest passage number any of them can get
+    # Counted as they will be formatted in the prompt (the exact rendered prompt is checked afterwards).
+    costs = count_tokens([format_passages([(widest, p.label, " ".join(p.text.split()))]) + "\n\n"
+                          for p in merged]) if merged else []
     chosen, used = [], 0
     for p, cost in zip(merged, costs):
         if len(chosen) >= max_passages or used + cost > budget:

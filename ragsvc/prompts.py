@@ -29,6 +29,7 @@ class ModePlan:
     temperature: float
     top_p: float
     max_tokens: int
+    seed: int | None = None  # a sampled answer that can be reproduced (and benchmarked like for like)
 
 
 def profile_for(model: str, setting: str) -> str:

@@ -76,6 +76,8 @@ class RemoteVllmGenerator:
         body = {"model": self.model_name, "prompt": ids, "stream": True, "temperature": plan.temperature,
                 "top_p": plan.top_p, "max_tokens": min(plan.max_tokens, self.max_model_len - len(ids)),
                 "stream_options": {"include_usage": True}}
+        if plan.seed is not None:
+            body["seed"] = plan.seed
         totals = Generation(prompt_tokens=len(ids))
         try:
             async with self._async.stream("POST", f"{self.v1}/completions", json=body) as resp:

@@ -197,3 +197,11 @@ def test_cli_ask_prints_answer_and_citations(service, facts_pdf):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0].strip() and any("harbour-facts.pdf, page 2" in ln for ln in lines[1:]), out.stdout
+
+
+def test_seed_makes_a_sampled_answer_reproducible(service, facts_pdf):
+    body = {"question": "Compare the Zorblax reactor and the Quintaro bridge.", "mode": "on", "seed": 1234,
+            "max_tokens": 60}
+    first, second = (service.client.post("/v1/ask", json=body).json() for _ in range(2))
+    assert first["mode"] == "on" and first["usage"]["completion_tokens"] > 0
+    assert first["answer"] == second["answer"] and first["usage"] == second["usage"]
