@@ -45,6 +45,7 @@ CACHE = ROOT / ".cache" / "retrieval_scale"
 PDF = Path("/usr/share/debian-reference/debian-reference.en.pdf")
 K = 10
 GOAL_RECALL, GOAL_P99_MS = 0.95, 10.0
+GROWN_FROM = 100_000  # the service's default RAGSVC_IVF_MIN_VECTORS: where a collection becomes IVF
 DEFAULT_THREADS = faiss.omp_get_max_threads()
 
 
@@ -188,13 +189,13 @@ def build_indexes(xb: np.ndarray, args) -> list[dict]:
     flat = faiss.IndexFlatIP(d)
     built.append({"family": "flat", "name": "Flat (exact)", "index": flat, "sweep": [None],
                   "train_s": 0.0, "add_s": timed(lambda: flat.add(xb))})
-    for m in args.hnsw_m if n <= 100_000 else args.hnsw_m_large:
+    for m in args.hnsw_m if n <= GROWN_FROM else args.hnsw_m_large:
         h = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
         h.hnsw.efConstruction = args.ef_construction
         built.append({"family": "hnsw", "name": f"HNSW M={m}", "index": h, "sweep": args.ef_search,
                       "param": "efSearch", "train_s": 0.0, "add_s": timed(lambda: h.add(xb))})
         print(f"  built HNSW M={m} in {built[-1]['add_s']:.0f} s", file=sys.stderr)
-    nlists = [service_nlist(n)] + ([service_nlist(100_000)] if n > 100_000 else [])
+    nlists = [service_nlist(n)] + ([service_nlist(GROWN_FROM)] if n > GROWN_FROM else [])
     rng = np.random.default_rng(1)
     for nlist in nlists:
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -202,9 +203,9 @@ def build_indexes(xb: np.ndarray, args) -> list[dict]:
             # The service samples up to 256 vectors per list; --train-per-list trades that for time.
             sample = xb[np.sort(rng.permutation(n)[: min(n, nlist * args.train_per_list)])]
         else:  # converted when it reached 100k: trained on those first 100k vectors only
-            sample = xb[:100_000]
+            sample = xb[:GROWN_FROM]
         train_s = timed(lambda: ivf.train(sample))
-        label = "trained at this size" if nlist == service_nlist(n) else "trained at 100k, grown"
+        label = "trained at this size" if nlist == service_nlist(n) else f"trained at {GROWN_FROM // 1000}k, grown"
         built.append({"family": "ivf", "name": f"IVF{nlist},Flat ({label})", "index": ivf,
                       "sweep": args.nprobe, "param": "nprobe", "train_s": train_s,
                       "add_s": timed(lambda: ivf.add(xb))})
