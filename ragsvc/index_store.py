@@ -209,10 +209,10 @@ class IndexStore:
             return []
         searcher = entry.gpu or entry.index
         # One query, one OpenMP thread. FAISS's default team (one thread per core) makes a single query
-        # wait for its slowest thread; on cores shared with the engine and the worker that made 1M-vector
-        # searches several times slower and put ~5 ms scheduler stalls into every index's p99
-        # (docs/benchmarks.md, "Retrieval at scale"). The setting is per calling thread in OpenMP, so
-        # training and batched work elsewhere keep every core.
+        # wait for its slowest thread; on two cores shared with the engine and the worker, exact search
+        # over 200k vectors was 3-4x slower with two threads than with one, and every approximate index
+        # showed 4-9 ms p99 stalls against sub-millisecond p50s (docs/benchmarks.md, "Retrieval at
+        # scale"). The setting is per calling thread in OpenMP, so training and batches keep every core.
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
