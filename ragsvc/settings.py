@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     )
     embedding_device: str = Field("cpu", description="Device for the embedding model (`cpu`, `cuda`).")
     embedding_batch_size: int = Field(32, description="Chunks embedded per batch.")
+    embedding_backend: Literal["auto", "torch", "openvino"] = Field(
+        "auto",
+        description="Runtime of the embedding model: `torch`; `openvino` (CPU; converted once into "
+        "`CACHE_DIR`; falls back to torch, logging why, when it cannot load); `auto`: openvino on a CPU, "
+        "torch on a GPU. API and worker use the same one (retrieval gate in docs/benchmarks.md).",
+    )
+    embedding_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Precision the embedding model computes in. `bfloat16` is faster only on CPUs with "
+        "AVX-512 BF16 or AMX (and GPUs) and changes the vectors slightly: documents embedded before a "
+        "change keep their old vectors until re-uploaded.",
+    )
     chunk_tokens: int = Field(
         200,
         description="Target chunk size in embedding-model tokens; capped at the model's own limit, "
