@@ -17,12 +17,20 @@ from ragsvc.app import create_app
 from ragsvc.auth import KeyStore, is_public
 from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.settings import Settings
-from tests.conftest import RAGSVC, base_env, start_service, stop_service
+from tests.conftest import RAGSVC, base_env, new_pg_database, start_service, stop_service
 
 ASK_LIMIT = 4
 UPLOAD_LIMIT = 3
 A_TEXT = b"The Zorblax reactor on planet Quintaro was commissioned in 2091 by engineer Mira Okafor.\n"
 B_TEXT = b"The secret recipe of the Vellmoor bakery uses saffron, cardamom and black salt.\n"
+
+
+@pytest.fixture(scope="module")
+def pg_database():
+    """A database of its own (shadowing the session one): the session's PostgreSQL service runs a worker
+    that would otherwise take this module's jobs and index them elsewhere."""
+    with new_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -101,14 +101,14 @@ def test_api_worker_postgres_wiring_as_local_processes(vllm_server, tmp_path):
         worker = subprocess.Popen([RAGSVC, *COMPOSE["services"]["worker"]["command"][1:]], env=env, cwd=tmp_path,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         svc = Service(f"http://127.0.0.1:{port}", api, tmp_path, tmp_path / "api.log", "postgresql")
-        assert svc.client.get("/v1/documents").status_code == 401
-        svc.client.headers["authorization"] = f"Bearer {made.stdout.strip()}"
         try:
             deadline = time.time() + 600
             while not _ready(svc):
                 assert time.time() < deadline, svc.log_tail()
                 assert api.poll() is None, svc.log_tail()
                 time.sleep(1)
+            assert svc.client.get("/v1/documents").status_code == 401
+            svc.client.headers["authorization"] = f"Bearer {made.stdout.strip()}"
             doc = svc.upload([("facts.pdf", make_pdf(FACT_PAGES), "application/pdf")]).json()["documents"][0]
             assert svc.wait_done(doc["id"])["status"] == "ready"  # ingested by the separate worker process
             body = svc.client.post("/v1/ask", json={"question": "What color is the Quintaro bridge?"}).json()

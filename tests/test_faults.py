@@ -22,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import RAGSVC, VllmServer, base_env, start_service, stop_service
+from tests.conftest import RAGSVC, VllmServer, base_env, new_pg_database, start_service, stop_service
 
 PG_VERSION_DIR = Path("/etc/postgresql")
 FACT = b"The Quintaro lighthouse keeper logs the tide every 40 minutes from the north gallery.\n"
@@ -47,7 +47,15 @@ def tmpfs_index(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, pg_database, tmpfs_index):
+def own_database():
+    """A database of its own: the session's PostgreSQL service runs a worker that would take these jobs."""
+    with new_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, own_database, tmpfs_index):
+    pg_database = own_database
     tmp = tmp_path_factory.mktemp("svc-faults")
     llm = VllmServer(tmp).start()
     env = {"RAGSVC_LLM_URL": llm.url + "/v1", "RAGSVC_WORKER_POLL_S": "0.3"}
