@@ -180,8 +180,8 @@ class EngineSlot:
                 if self.on_dead:
                     self.on_dead(gen, reason)
                 gen = None
+        if gen is None and self.error:
+            raise EngineDown(self.error, retry_after=10)
         if gen is None:
-            raise EngineDown(self.error or "The language model is still loading; try again in a minute.",
-                             retry_after=10) if self.error else NotReady(
-                "The language model is still loading; try again in a minute.", retry_after=10)
+            raise NotReady("The language model is still loading; try again in a minute.", retry_after=10)
         return gen

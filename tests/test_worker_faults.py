@@ -111,12 +111,17 @@ def test_sigkill_mid_document_then_another_worker_finishes(tmp_path, db_url):
     engine.dispose()
 
 
-def test_job_that_keeps_dying_fails_after_max_attempts(tmp_path, db_url):
-    upgrade(db_url)
-    settings = settings_for(tmp_path, db_url)
-    engine = make_engine(db_url)
+def queue(tmp_path, url: str):
+    """A migrated database and the document service over it: (settings, engine, sessions, service)."""
+    upgrade(url)
+    settings = settings_for(tmp_path, url)
+    engine = make_engine(url)
     sessions = make_sessionmaker(engine)
-    svc = DocumentService(settings, sessions, IndexStore(settings.index_dir, 384))
+    return settings, engine, sessions, DocumentService(settings, sessions, IndexStore(settings.index_dir, 384))
+
+
+def test_job_that_keeps_dying_fails_after_max_attempts(tmp_path, db_url):
+    settings, engine, sessions, svc = queue(tmp_path, db_url)
     doomed = svc.create("faults", [Upload("doomed.txt", b"A document whose workers keep dying.")])[0]
     fine = svc.create("faults", [Upload("fine.txt", b"A document that ingests normally.")])[0]
     # As if three workers had each claimed it and died: running, lease long expired, attempts used up.
@@ -141,11 +146,7 @@ def test_worker_exports_ingestion_metrics(tmp_path):
     from tests.conftest import free_port
 
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
-    upgrade(url)
-    settings = settings_for(tmp_path, url)
-    engine = make_engine(url)
-    sessions = make_sessionmaker(engine)
-    svc = DocumentService(settings, sessions, IndexStore(settings.index_dir, 384))
+    settings, engine, sessions, svc = queue(tmp_path, url)
     good = svc.create("m", [Upload("good.txt", b"A heron stands in the reeds by the pier.")])[0]
     svc.create("m", [Upload("bad.pdf", b"%PDF-1.4 broken")])
     port = free_port()
