@@ -8,7 +8,10 @@ backend). recall@10 = share of questions all of whose evidence strings (whitespa
 ``ragsvc eval`` matches them) lie in one of the top-10 chunks; ``piece_recall`` counts each evidence
 string of a multi-hop question on its own. Also: how many of the top-10 chunk ids the backends share.
 
-    .venv/bin/python bench/embedding_recall.py CORPUS_DIR [--backends torch openvino]
+    .venv/bin/python bench/embedding_recall.py CORPUS_DIR [--backends torch openvino openvino:bfloat16]
+
+A backend is ``NAME[:DTYPE]`` (``torch``, ``openvino``; dtype ``float32`` or ``bfloat16``); the first
+one listed is the reference the others' top-10 overlap is measured against.
 
 Writes ``bench/results/ingest_backend_recall.json``. Adopt a backend by default only if its recall@10
 is within one point of torch's.
@@ -60,11 +63,17 @@ def main() -> None:
     args = ap.parse_args()
 
     questions = [q for f in sorted((ROOT / "bench" / "eval").glob("*.jsonl")) for q in load_questions(f) if q.evidence]
-    embedders = {b: SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend=b, cache_dir=Settings().cache_dir)
-                 for b in args.backends}
+    embedders = {}
+    for spec in args.backends:
+        backend, _, dtype = spec.partition(":")
+        embedders[spec] = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend=backend, dtype=dtype or "float32",
+                                                      cache_dir=Settings().cache_dir)
     chunks = corpus_chunks(args.corpus, embedders[args.backends[0]])
     flat = [normalize_ws(c.text) for c in chunks]
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown")
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": str(args.corpus),
+              "cpu_model": cpu, "cpu_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text(),
               "chunks": len(chunks), "questions_with_evidence": len(questions), "k": K, "backends": {}}
     tops = {}
     for name, emb in embedders.items():
@@ -81,7 +90,7 @@ def main() -> None:
             pieces += len(got)
             found += sum(got)
         result["backends"][name] = {
-            "backend": emb.backend, "precision": emb._ov.precision if emb._ov else "f32",
+            "backend": emb.backend, "precision": emb.precision,
             "recall_at_10": hits / len(questions), "hits": hits, "piece_recall": found / pieces,
             "embed_chunks_s": embed_s, "chunks_per_s": len(chunks) / embed_s,
         }

@@ -107,7 +107,10 @@ def machine() -> dict:
             pkgs[p] = version(p)
         except PackageNotFoundError:
             pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "machine": platform.machine(),
+    from ragsvc.embedder import cpu_has_native_bf16
+
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "cpu_native_bf16": cpu_has_native_bf16(),
+            "machine": platform.machine(),
             "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
             "gpu": bool(torch.cuda.is_available()), "packages": pkgs}
 
@@ -264,8 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pages", type=int, default=0, help="only the first N pages (quick smoke run); 0 = all")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
                     help="embedding backend of the pipeline (RAGSVC_EMBEDDING_BACKEND)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="embedding precision of the pipeline (RAGSVC_EMBEDDING_DTYPE)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="embedding precision of the pipeline (RAGSVC_EMBEDDING_DTYPE; auto: the service default)")
     ap.add_argument("--no-langchain", action="store_true", help="skip the LangChain baseline (needs PyPI once)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
     args = ap.parse_args(argv)

@@ -173,7 +173,22 @@ def serialized_bytes(index: faiss.Index) -> int:
 
 
 def service_nlist(n: int) -> int:
-    return max(16, int(4 * np.sqrt(n)))  # the formula of IndexStore._to_ivf
+    from ragsvc.index_store import ivf_nlist
+
+    return ivf_nlist(n)  # the formula of IndexStore._to_ivf
+
+
+def service_trained_at(n: int, step: int = 1000) -> int:
+    """Size at which the service last trained the lists of a collection that grew, ``step`` vectors at a
+    time, from its conversion at 100k to ``n`` (IndexStore retrains at each doubling: ivf_outgrown)."""
+    from ragsvc.index_store import ivf_outgrown
+
+    size, trained = GROWN_FROM, GROWN_FROM
+    while size + step <= n:
+        size += step
+        if ivf_outgrown(service_nlist(trained), size):
+            trained = size
+    return trained
 
 
 def build_indexes(xb: np.ndarray, args) -> list[dict]:
@@ -195,22 +210,26 @@ def build_indexes(xb: np.ndarray, args) -> list[dict]:
         built.append({"family": "hnsw", "name": f"HNSW M={m}", "index": h, "sweep": args.ef_search,
                       "param": "efSearch", "train_s": 0.0, "add_s": timed(lambda: h.add(xb))})
         print(f"  built HNSW M={m} in {built[-1]['add_s']:.0f} s", file=sys.stderr)
-    nlists = [service_nlist(n)] + ([service_nlist(GROWN_FROM)] if n > GROWN_FROM else [])
+    # (lists, vectors trained on, label): trained at this size; as a service collection that grew here
+    # from 100k holds them (retrained at each doubling); and, with --grown-from-100k, never retrained.
+    plans = [(service_nlist(n), n, "trained at this size")]
+    if n > GROWN_FROM and service_trained_at(n) < n:
+        at = service_trained_at(n)
+        plans.append((service_nlist(at), at, f"service: retrained at {at // 1000}k, grown"))
+    if n > GROWN_FROM and args.grown_from_100k:
+        plans.append((service_nlist(GROWN_FROM), GROWN_FROM, f"trained at {GROWN_FROM // 1000}k, never retrained"))
     rng = np.random.default_rng(1)
-    for nlist in nlists:
+    for nlist, trained_on, label in plans:
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        if nlist == service_nlist(n):
-            # The service samples up to 256 vectors per list; --train-per-list trades that for time.
-            sample = xb[np.sort(rng.permutation(n)[: min(n, nlist * args.train_per_list)])]
-        else:  # converted when it reached 100k: trained on those first 100k vectors only
-            sample = xb[:GROWN_FROM]
+        # Trained on the vectors the collection held then (the first ones: vectors arrive in this
+        # order), a sample of up to --train-per-list per list; the service samples up to 256 per list.
+        sample = xb[np.sort(rng.permutation(trained_on)[: min(trained_on, nlist * args.train_per_list)])]
         train_s = timed(lambda: ivf.train(sample))
-        label = "trained at this size" if nlist == service_nlist(n) else f"trained at {GROWN_FROM // 1000}k, grown"
         built.append({"family": "ivf", "name": f"IVF{nlist},Flat ({label})", "index": ivf,
                       "sweep": args.nprobe, "param": "nprobe", "train_s": train_s,
                       "add_s": timed(lambda: ivf.add(xb))})
         print(f"  built IVF{nlist} in {train_s + built[-1]['add_s']:.0f} s", file=sys.stderr)
-        if nlist == service_nlist(n) and args.sq8:
+        if trained_on == n and args.sq8:
             # Same coarse centroids (no k-means again); vectors stored as 8-bit codes.
             sq = faiss.IndexIVFScalarQuantizer(faiss.clone_index(ivf.quantizer), d, nlist,
                                                faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
@@ -318,7 +337,7 @@ def chart(results: list[dict], path: Path) -> None:
             groups.setdefault(r["index"], []).append(r)
         for j, (name, rows) in enumerate(groups.items()):
             fam = rows[0]["family"]
-            style = "--" if "grown" in name or "M=16" in name else "-"
+            style = "--" if "grown" in name or "retrained" in name or "M=16" in name else "-"
             ax.plot([r["p99_ms"] for r in rows], [r["recall_at_10"] for r in rows], style,
                     marker="o" if fam != "flat" else "*", markersize=5 if fam != "flat" else 12, color=colors[fam], label=name)
             for r in rows:
@@ -373,6 +392,8 @@ def main() -> None:
     ap.add_argument("--default-thread-queries", type=int, default=100,
                     help="queries timed in one extra pass with FAISS's default threads (0: skip)")
     ap.add_argument("--no-sq8", dest="sq8", action="store_false")
+    ap.add_argument("--grown-from-100k", action="store_true",
+                    help="also IVF lists trained at 100k and never retrained (the service before it retrained)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "retrieval_scale.json"))
     ap.add_argument("--chart", default=str(ROOT / "docs" / "img" / "retrieval_scale.png"))
     args = ap.parse_args()

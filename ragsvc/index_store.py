@@ -35,6 +35,23 @@ class _Cached:
     gpu: object = None
 
 
+def ivf_nlist(n: int) -> int:
+    """Inverted lists for an IVF index over ``n`` vectors (FAISS's rule of thumb, 4·√n)."""
+    return max(16, int(4 * np.sqrt(n)))
+
+
+def ivf_outgrown(nlist: int, n: int) -> bool:
+    """True when an IVF index with ``nlist`` lists holds twice the vectors it was trained for.
+
+    With the lists fixed, each list grows with the collection and a search at the same ``nprobe`` scans
+    proportionally more vectors: at 1M vectors, lists trained at 100k made p99 search 3x slower than
+    lists trained at 1M (docs/benchmarks.md, "Retrieval at scale"). Retraining at every doubling keeps
+    the lists within √2 of the rule while costing, summed over a collection's life, about one more
+    training at its final size.
+    """
+    return n >= 2 * (nlist / 4) ** 2
+
+
 def _is_ivf(index: faiss.Index) -> bool:
     try:
         faiss.extract_index_ivf(index)
@@ -49,7 +66,8 @@ class IndexStore:
     ``kind="flat"`` (default) is exact. ``kind="ivf"`` keeps a collection exact until it holds
     ``ivf_min_vectors``, then trains an inverted-file index (nlist ≈ 4·√n) on its vectors and
     searches ``nprobe`` lists: approximate, much faster on millions of vectors, and, unlike HNSW,
-    it supports removing vectors in place, which deletes and new versions need.
+    it supports removing vectors in place, which deletes and new versions need. The lists are
+    trained again, on all vectors, each time the collection doubles (:func:`ivf_outgrown`).
     """
 
     def __init__(self, root: Path, dim: int, kind: str = "flat", ivf_min_vectors: int = 100_000,
@@ -117,16 +135,18 @@ class IndexStore:
             id_arr = np.asarray(ids, dtype=np.int64)
             index.remove_ids(id_arr)  # re-adding the same chunk (a retried job) must not duplicate it
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), id_arr)
-            if self.kind == "ivf" and not _is_ivf(index) and index.ntotal >= self.ivf_min_vectors:
+            if self.kind == "ivf" and index.ntotal >= self.ivf_min_vectors and (
+                    not _is_ivf(index) or ivf_outgrown(faiss.extract_index_ivf(index).nlist, index.ntotal)):
                 index = self._to_ivf(index)
             self._write(folder, index)
 
-    def _to_ivf(self, flat: faiss.Index) -> faiss.Index:
-        """Train an IVF index on all of a flat index's vectors and move them over, ids kept."""
-        n = flat.ntotal
-        ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
-        vectors = flat.index.reconstruct_n(0, n)
-        nlist = max(16, int(4 * np.sqrt(n)))
+    def _to_ivf(self, index: faiss.Index) -> faiss.Index:
+        """Train a new IVF index on all of an index's vectors (flat, or an outgrown IVF) and move them over."""
+        ids, vectors = _all_vectors(index)
+        n = len(ids)
+        nlist = ivf_nlist(n)
+        log.info("training IVF index: %d vectors, %d lists (was %s)", n, nlist,
+                 faiss.extract_index_ivf(index).nlist if _is_ivf(index) else "exact")
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = vectors[np.random.default_rng(0).permutation(n)[: min(n, nlist * 256)]]
@@ -226,6 +246,26 @@ class IndexStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise RagsvcError(f"The index folder {self.root} is not writable.")
+
+
+def _all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of every vector in an ``IndexIDMap2(IndexFlatIP)`` or an ``IndexIVFFlat``."""
+    if not _is_ivf(index):
+        return faiss.vector_to_array(index.id_map).astype(np.int64), index.index.reconstruct_n(0, index.ntotal)
+    # IVF keeps no id -> position map (deletes need it absent), so read its lists directly; an
+    # IVFFlat code is the float32 vector itself.
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    ids, vecs = [], []
+    for no in range(ivf.nlist):
+        size = lists.list_size(no)
+        if size:
+            ids.append(faiss.rev_swig_ptr(lists.get_ids(no), size).copy())
+            codes = faiss.rev_swig_ptr(lists.get_codes(no), size * lists.code_size).copy()
+            vecs.append(codes.view(np.float32).reshape(size, ivf.d))
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, ivf.d), dtype=np.float32)
+    return np.concatenate(ids).astype(np.int64), np.concatenate(vecs)
 
 
 def make_index_store(settings, dim: int) -> IndexStore:

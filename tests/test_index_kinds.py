@@ -31,24 +31,52 @@ def recall_at_10(store: IndexStore, collection: str, corpus: np.ndarray, ids: np
                           for i in range(len(queries))]))
 
 
-def test_ivf_with_default_nprobe_keeps_recall_after_growing(tmp_path):
+def test_ivf_lists_are_retrained_as_the_collection_doubles_and_keep_recall(tmp_path):
     settings = Settings()
-    # Converted at 4,000 vectors (nlist = 4·√4000 = 252 lists), then grown 3×: the lists stay, as in
-    # a service collection converted at RAGSVC_IVF_MIN_VECTORS that keeps growing.
+    # Converted at 4,000 vectors (nlist = 4·√4000 = 252 lists), grown to 7,000 (lists kept), then to
+    # 12,000: past twice the size it was trained for, it is trained again (438 lists), ids kept.
     writer = IndexStore(tmp_path, DIM, kind="ivf", ivf_min_vectors=4000, nprobe=settings.ivf_nprobe)
     reader = IndexStore(tmp_path, DIM, kind="ivf", nprobe=settings.ivf_nprobe)
     vecs = clustered(12_000)
+    path = tmp_path / "c" / "index.faiss"
+
+    def nlist() -> int:
+        return faiss.extract_index_ivf(faiss.read_index(str(path))).nlist
+
     writer.add("c", list(range(4000)), vecs[:4000])
-    writer.add("c", list(range(4000, 12_000)), vecs[4000:])
-    index = faiss.read_index(str(tmp_path / "c" / "index.faiss"))
-    assert faiss.extract_index_ivf(index).nlist == int(4 * np.sqrt(4000))
+    assert nlist() == int(4 * np.sqrt(4000)) == 252
+    writer.add("c", list(range(4000, 7000)), vecs[4000:7000])
+    assert nlist() == 252
+    writer.add("c", list(range(7000, 12_000)), vecs[7000:])
+    assert nlist() == int(4 * np.sqrt(12_000)) == 438
+    assert reader.size("c") == 12_000
     queries = vecs[:100] + 0.05 * np.random.default_rng(2).standard_normal((100, DIM)).astype(np.float32)
     assert recall_at_10(reader, "c", vecs, np.arange(12_000), queries) >= 0.95
+    # Every vector moved over intact under its own id: each one finds itself first.
+    for i in (0, 4321, 6999, 11_999):
+        top, score = reader.search("c", vecs[i], 1)[0]
+        assert top == i and score == pytest.approx(1.0, abs=1e-5)
 
-    gone = list(range(0, 12_000, 3))  # deletes keep working on the grown IVF index
+    gone = list(range(0, 12_000, 3))  # deletes keep working on the retrained IVF index
     assert writer.remove("c", gone) == len(gone)
     hits = {h for q in queries[:20] for h, _ in reader.search("c", q, 10)}
     assert hits and not hits & set(gone)
+
+
+def test_ivf_outgrown_rule():
+    from ragsvc.index_store import ivf_nlist, ivf_outgrown
+
+    trained = ivf_nlist(100_000)
+    assert trained == 1264
+    assert not ivf_outgrown(trained, 199_000)
+    assert ivf_outgrown(trained, 200_000)
+    # Retrained at each doubling, a collection at 1M holds lists trained at 800k (not 100k).
+    n, lists = 100_000, trained
+    while n < 1_000_000:
+        n += 1000
+        if ivf_outgrown(lists, n):
+            lists = ivf_nlist(n)
+    assert lists == ivf_nlist(799_000) or lists == ivf_nlist(800_000)
 
 
 def test_single_query_search_leaves_the_callers_threads_alone(tmp_path):
