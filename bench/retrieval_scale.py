@@ -108,14 +108,16 @@ def embed_cached(name: str, texts: list[str], embedder_factory) -> np.ndarray:
 
 
 def load_real(args) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(corpus vectors, query vectors, description) from real text, embedded with the service's model."""
-    from ragsvc.embedder import SentenceTransformerEmbedder
+    """(corpus vectors, query vectors, description) from real text, embedded as the service embeds
+    (its default model, backend and precision)."""
+    from ragsvc.embedder import make_embedder
+    from ragsvc.settings import Settings
 
     holder: dict = {}
 
     def embedder():
         if "e" not in holder:
-            holder["e"] = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
+            holder["e"] = make_embedder(Settings())
         return holder["e"]
 
     rng = np.random.default_rng(0)
@@ -170,6 +172,17 @@ def serialized_bytes(index: faiss.Index) -> int:
     with tempfile.NamedTemporaryFile(dir=CACHE, suffix=".faiss") as tmp:
         faiss.write_index(index, tmp.name)
         return os.path.getsize(tmp.name)
+
+
+def cpu_model() -> str:
+    return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), "unknown")
+
+
+def faiss_simd() -> str:
+    """Which of faiss-cpu's builds loaded (generic, AVX2, AVX-512, AVX-512 SPR): the CPU decides it."""
+    opts = getattr(faiss, "get_compile_options", lambda: "")()
+    return opts.strip() or "unknown"
 
 
 def service_nlist(n: int) -> int:
@@ -404,7 +417,8 @@ def main() -> None:
     for res in results:
         print_table(res)
     out = {"faiss": faiss.__version__, "omp_threads_timed": args.omp_threads, "omp_threads_default": DEFAULT_THREADS,
-           "cpu_count": os.cpu_count(), "latency_queries": args.latency_queries,
+           "cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "faiss_simd": faiss_simd(),
+           "latency_queries": args.latency_queries,
            "default_thread_queries": args.default_thread_queries,
            "k": K, "runs": args.runs, "ef_construction": args.ef_construction,
            "train_per_list": args.train_per_list, "corpus": info,
