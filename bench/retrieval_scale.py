@@ -350,13 +350,14 @@ def chart(results: list[dict], path: Path) -> None:
             groups.setdefault(r["index"], []).append(r)
         for j, (name, rows) in enumerate(groups.items()):
             fam = rows[0]["family"]
+            color = "tab:red" if "service" in name else "tab:brown" if "never" in name else colors[fam]
             style = "--" if "grown" in name or "retrained" in name or "M=16" in name else "-"
             ax.plot([r["p99_ms"] for r in rows], [r["recall_at_10"] for r in rows], style,
-                    marker="o" if fam != "flat" else "*", markersize=5 if fam != "flat" else 12, color=colors[fam], label=name)
+                    marker="o" if fam != "flat" else "*", markersize=5 if fam != "flat" else 12, color=color, label=name)
             for r in rows:
                 if r["value"] is not None:
                     ax.annotate(str(r["value"]), (r["p99_ms"], r["recall_at_10"]), fontsize=6,
-                                xytext=(3, -8), textcoords="offset points", color=colors[fam])
+                                xytext=(3, -8), textcoords="offset points", color=color)
         ax.axhline(GOAL_RECALL, color="grey", lw=0.8, ls=":")
         ax.axvline(GOAL_P99_MS, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
