@@ -188,7 +188,7 @@ def faiss_simd() -> str:
 def service_nlist(n: int) -> int:
     from ragsvc.index_store import ivf_nlist
 
-    return ivf_nlist(n)  # the formula of IndexStore._to_ivf
+    return ivf_nlist(n)  # the formula of IndexStore._retrain
 
 
 def service_trained_at(n: int, step: int = 1000) -> int:

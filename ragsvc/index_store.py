@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,27 +136,67 @@ class IndexStore:
             id_arr = np.asarray(ids, dtype=np.int64)
             index.remove_ids(id_arr)  # re-adding the same chunk (a retried job) must not duplicate it
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), id_arr)
-            if self.kind == "ivf" and index.ntotal >= self.ivf_min_vectors and (
-                    not _is_ivf(index) or ivf_outgrown(faiss.extract_index_ivf(index).nlist, index.ntotal)):
-                index = self._to_ivf(index)
             self._write(folder, index)
+            size, sample = index.ntotal, self._training_sample(index) if self._needs_training(index) else None
+        if sample is not None:
+            try:
+                self._retrain(collection_id, sample, size)
+            except Exception:  # noqa: BLE001 - the vectors are stored and searchable; the next add retries
+                log.exception("training the IVF index of collection %s failed; it stays as it is", collection_id)
 
-    def _to_ivf(self, index: faiss.Index) -> faiss.Index:
-        """Train a new IVF index on all of an index's vectors (flat, or an outgrown IVF) and move them over."""
-        ids, vectors = _all_vectors(index)
-        n = len(ids)
-        nlist = ivf_nlist(n)
-        log.info("training IVF index: %d vectors, %d lists (was %s)", n, nlist,
-                 faiss.extract_index_ivf(index).nlist if _is_ivf(index) else "exact")
-        quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors[np.random.default_rng(0).permutation(n)[: min(n, nlist * 256)]]
+    def _needs_training(self, index: faiss.Index) -> bool:
+        return self.kind == "ivf" and index.ntotal >= self.ivf_min_vectors and (
+            not _is_ivf(index) or ivf_outgrown(faiss.extract_index_ivf(index).nlist, index.ntotal))
+
+    def _training_sample(self, index: faiss.Index) -> np.ndarray:
+        """Up to 256 vectors per list of the index to train (FAISS warns below 39), sampled at random."""
+        _, vectors = _all_vectors(index)
+        n = len(vectors)
+        return vectors[np.random.default_rng(0).permutation(n)[: min(n, ivf_nlist(n) * 256)]]
+
+    def _retrain(self, collection_id: str, sample: np.ndarray, size: int) -> None:
+        """Train IVF lists for the collection's size, then move its vectors over (flat or outgrown IVF).
+
+        k-means is the slow part (about a minute at 1M vectors on 2 cores), so it runs outside the write
+        lock: other writers and deletes on this collection go on meanwhile, and searches use the index
+        as it is. Then, under the lock, the vectors the index holds *now* (those added or deleted during
+        training included) go into the trained index in one add, which is quick, and it replaces the
+        old one. One training per collection at a time (a second writer skips it); if the collection no
+        longer needs it when training ends (retrained or shrunk meanwhile), the result is dropped.
+        """
+        folder = self._dir(collection_id)
+        with open(folder / ".train.lock", "w") as busy:
+            try:
+                fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another writer (thread or worker process) is training this collection already
+            try:
+                self._train_and_swap(collection_id, sample, size)
+            finally:
+                fcntl.flock(busy, fcntl.LOCK_UN)
+
+    def _train_and_swap(self, collection_id: str, sample: np.ndarray, size: int) -> None:
+        t0 = time.perf_counter()
+        nlist = ivf_nlist(size)  # lists follow the collection's size, not the sample's
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.train(sample)
-        # No direct map: with one, FAISS refuses remove_ids through the id map, and deletes matter more
-        # than reuse. So a new version of a document in an IVF collection is embedded in full.
-        # IVF stores ids itself; an IndexIDMap around it breaks on remove_ids (IVF reorders its lists).
-        ivf.add_with_ids(vectors, ids)
-        return ivf
+        trained_s = time.perf_counter() - t0
+        with self._write_lock(collection_id) as folder:
+            path = folder / INDEX_FILE
+            if not path.exists():
+                return  # the collection was dropped meanwhile
+            index = self._read(path)
+            if not self._needs_training(index):
+                return  # another writer retrained it meanwhile
+            old = faiss.extract_index_ivf(index).nlist if _is_ivf(index) else "exact"
+            ids, vectors = _all_vectors(index)
+            # No direct map: with one, FAISS refuses remove_ids through the id map, and deletes matter
+            # more than reuse. So a new version of a document in an IVF collection is embedded in full.
+            # IVF stores ids itself; an IndexIDMap around it breaks on remove_ids (IVF reorders its lists).
+            ivf.add_with_ids(vectors, ids)
+            self._write(folder, ivf)
+        log.info("IVF index of collection %s trained: %d vectors, %d lists (was %s), trained on %d in %.1f s "
+                 "outside the lock", collection_id, len(ids), nlist, old, len(sample), trained_s)
 
     def remove(self, collection_id: str, ids: list[int]) -> int:
         if not ids:

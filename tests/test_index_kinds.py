@@ -107,3 +107,46 @@ def test_hnsw_cannot_delete_which_is_why_there_is_no_hnsw_kind():
     for index in (hnsw, mapped):
         with pytest.raises(RuntimeError):
             index.remove_ids(np.array([1, 2], dtype=np.int64))
+
+
+def test_ivf_training_runs_outside_the_write_lock_and_keeps_what_changed_meanwhile(tmp_path, monkeypatch):
+    # k-means takes a minute at 1M vectors: other writers of the collection must not wait for it, and
+    # what they add or delete while it runs must be in the trained index. A gate holds training until
+    # the test has written; the gate is the only thing not real here.
+    from ragsvc import index_store
+
+    started, release = threading.Event(), threading.Event()
+    real_ivf = faiss.IndexIVFFlat
+
+    class GatedIVF(real_ivf):
+        def train(self, x):  # noqa: ANN001, ANN201
+            started.set()
+            assert release.wait(60)
+            return super().train(x)
+
+    monkeypatch.setattr(index_store.faiss, "IndexIVFFlat", GatedIVF)
+    store = IndexStore(tmp_path, DIM, kind="ivf", ivf_min_vectors=4000, nprobe=64)
+    vecs = clustered(5500)
+    store.add("c", list(range(3000)), vecs[:3000])
+    trainer = threading.Thread(target=store.add, args=("c", list(range(3000, 5000)), vecs[3000:5000]))
+    trainer.start()
+    assert started.wait(60)
+
+    def in_time(fn, *args) -> None:  # the call must finish while training is still held at the gate
+        t = threading.Thread(target=fn, args=args)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), f"{fn.__name__} waited for the training"
+
+    in_time(store.add, "c", list(range(5000, 5500)), vecs[5000:])  # needs training too: skips, one runs
+    in_time(store.remove, "c", [0, 1, 2])
+    assert store.search("c", vecs[5100], 1)[0][0] == 5100  # searchable before training ends (exact)
+    release.set()
+    trainer.join(60)
+    index = faiss.read_index(str(tmp_path / "c" / "index.faiss"))
+    assert faiss.extract_index_ivf(index).nlist == int(4 * np.sqrt(5000))
+    assert index.ntotal == 5500 - 3
+    reader = IndexStore(tmp_path, DIM, kind="ivf", nprobe=64)
+    for i in (3, 2999, 4000, 5100, 5499):
+        assert reader.search("c", vecs[i], 1)[0][0] == i
+    assert not {h for h, _ in reader.search("c", vecs[1], 10)} & {0, 1, 2}
