@@ -150,3 +150,54 @@ def test_ivf_training_runs_outside_the_write_lock_and_keeps_what_changed_meanwhi
     for i in (3, 2999, 4000, 5100, 5499):
         assert reader.search("c", vecs[i], 1)[0][0] == i
     assert not {h for h, _ in reader.search("c", vecs[1], 10)} & {0, 1, 2}
+
+
+def test_real_training_in_another_process_does_not_block_writers(tmp_path):
+    # The same behaviour with nothing patched: a writer process (as an ingestion worker) crosses the
+    # IVF threshold and trains real k-means over 60k vectors; while its training lock is held, this
+    # process adds and deletes, and both land in the index that training swaps in.
+    import fcntl
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    vecs = clustered(62_000, seed=5)
+    store = IndexStore(tmp_path, DIM, kind="ivf", ivf_min_vectors=50_000, nprobe=64)
+    store.add("c", list(range(49_000)), vecs[:49_000])
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from tests.test_index_kinds import clustered, DIM\n"
+        "from ragsvc.index_store import IndexStore\n"
+        "v = clustered(62_000, seed=5)\n"
+        "IndexStore(%r, DIM, kind='ivf', ivf_min_vectors=50_000).add('c', list(range(49_000, 60_000)), v[49_000:60_000])\n"
+    ) % (str(root), str(tmp_path))
+    trainer = subprocess.Popen([sys.executable, "-c", script])
+    lock_path = tmp_path / "c" / ".train.lock"
+
+    def training() -> bool:
+        if not lock_path.exists():
+            return False
+        with open(lock_path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    deadline = time.monotonic() + 120
+    while not training():
+        assert trainer.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.01)
+    store.add("c", list(range(60_000, 62_000)), vecs[60_000:])
+    assert store.remove("c", [0, 1, 2]) == 3
+    # Both writes finished while the other process still trained (its k-means takes seconds here).
+    assert training(), "the writes waited for the training (or it ended too fast to tell)"
+    assert trainer.wait(300) == 0
+    index = faiss.read_index(str(tmp_path / "c" / "index.faiss"))
+    assert faiss.extract_index_ivf(index).nlist == int(4 * np.sqrt(60_000))
+    assert index.ntotal == 62_000 - 3
+    for i in (3, 55_000, 61_999):
+        assert store.search("c", vecs[i], 1)[0][0] == i
