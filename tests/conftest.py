@@ -104,9 +104,15 @@ class Service:
 
 
 def start_service(tmp: Path, database_url: str | None, db_label: str,
-                  extra_env: dict[str, str] | None = None) -> Service:
+                  extra_env: dict[str, str] | None = None, engine: bool = True) -> Service:
+    """``engine=False``: no language model (generation points at a closed port, so ``/ready`` stays 503 and
+    asking answers 503); the API, the embedder, the indexes and the worker are real. For tests of
+    uploads, ingestion, access and limits, which need no answers: it starts in seconds and saves the
+    engine's memory and CPU."""
     port = free_port()
     env = base_env(tmp) | (extra_env or {})
+    if not engine:
+        env["RAGSVC_LLM_URL"] = f"http://127.0.0.1:{free_port()}/v1"
     if database_url:
         env["RAGSVC_DATABASE_URL"] = database_url
     log = tmp / "service.log"
@@ -118,7 +124,7 @@ def start_service(tmp: Path, database_url: str | None, db_label: str,
         if proc.poll() is not None:
             raise RuntimeError(f"ragsvc serve exited with {proc.returncode}:\n{svc.log_tail()}")
         try:
-            if svc.client.get("/ready", timeout=5).status_code == 200:
+            if svc.client.get("/ready" if engine else "/health", timeout=5).status_code == 200:
                 return svc
         except httpx.TransportError:
             pass
