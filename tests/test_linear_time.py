@@ -15,6 +15,7 @@ And at the HTTP level: an upload made to freeze the old HTML sniffing gets a nor
 from __future__ import annotations
 
 import gc
+import itertools
 import signal
 import threading
 import time
@@ -44,6 +45,14 @@ def _parse_eml(data: bytes) -> None:
         pass
 
 
+_calls = itertools.count()
+
+
+def _parse_html_uncached(data: bytes) -> None:
+    # unstructured caches its tokenizer's results per text: a new text each call, so the time is real.
+    office.parse_html(data.replace(b"x</p>", b"x%d</p>" % next(_calls)))
+
+
 # (name, routine, input of size n, n)
 CASES = [
     # Uploads: the API sniffs every file's kind (filetypes.detect_kind) inside the request.
@@ -61,12 +70,17 @@ CASES = [
      5000),  # guard
     ("pdf heading search, long outline title", lambda t: parsers._find_heading(t + t, t + " b", 0),
      lambda n: "a " * n, 1000),
+    ("pdf headings, many bookmarks on one page",
+     lambda marks: parsers._split_at_headings("x " * len(marks), marks, []),
+     lambda n: [(1, f"h{i}") for i in range(n)], 500),
     ("pdf text cleaning", parsers._clean_pdf_text, lambda n: "-\n" * n + "\n" * n + " \t" * n, 20000),  # guard
     ("pdf running lines", parsers._running_key, lambda n: "1" * n + "a", 20000),  # guard
     ("sentence breaks, closing brackets", lambda t: chunker._sentence_spans(t, 0),
      lambda n: ("." + ")" * 50 + "x") * n, 200),  # guard
     ("sentence breaks, whitespace runs", lambda t: chunker._sentence_spans(t, 0),
      lambda n: "a\n" + " " * n + "b", 20000),  # guard
+    ("html text, a long run without spaces (spaCy)", _parse_html_uncached,
+     lambda n: b"<html><body><p>A" + b"." * n + b"x</p></body></html>", 4000),
     # The stdlib's e-mail header parsing (CPython gh-136063).
     ("e-mail, Content-Type stuffed with ;", _parse_eml,
      lambda n: _eml(b"Content-Type: text/plain" + b";" * n), 2000),
