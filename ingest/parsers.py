@@ -17,7 +17,13 @@ from ragsvc.errors import ParseError
 log = logging.getLogger(__name__)
 GLUED_WORD_LETTERS = 20
 _WORD = re.compile(r"[A-Za-z]+")
-_MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
+# Heading titles take at most this many words to find in the page text: a title comes from the PDF's
+# outline (the uploader's data), and the search costs its length at every place the text could match.
+MAX_HEADING_WORDS = 16
+# Bookmarks searched for on one page; more still set the heading path, unsearched. Each search can scan
+# the rest of the page, so an outline of thousands of bookmarks on one page cost time quadratic in size.
+MAX_HEADINGS_PER_PAGE = 200
+_SPACE_RUN = re.compile(r"\s+")  # greedy and never fails once started: linear
 
 
 @dataclass
@@ -170,8 +176,8 @@ def _toc(pdf) -> dict[int, list[tuple[int, str]]]:
 def _split_at_headings(text: str, marks: list[tuple[int, str]], path: list[str]):
     """Cut a page where its bookmarked headings start; returns ([(text, heading path)], path after)."""
     sections, pos, current = [], 0, list(path)
-    for level, title in marks:
-        at = _find_heading(text, title, pos)
+    for i, (level, title) in enumerate(marks):
+        at = _find_heading(text, title, pos) if i < MAX_HEADINGS_PER_PAGE else None
         if at is None:  # heading not visible in the text: it still applies from here on
             current = current[:level] + [title]
             continue
@@ -186,7 +192,7 @@ def _split_at_headings(text: str, marks: list[tuple[int, str]], path: list[str])
 
 
 def _find_heading(text: str, title: str, start: int) -> int | None:
-    pattern = r"\s+".join(re.escape(w) for w in title.split())
+    pattern = r"\s+".join(re.escape(w) for w in title.split()[:MAX_HEADING_WORDS])
     m = re.search(pattern, text[start:])
     return start + m.start() if m else None
 
@@ -225,7 +231,7 @@ def parse_markdown(data: bytes) -> ParsedDocument:
     def flush() -> None:
         body = "\n".join(buf).strip()
         if body:
-            for para in re.split(r"\n\s*\n(?![ \t])", body):
+            for para in _paragraphs(body):
                 if para.strip():
                     blocks.append(Block(para.strip(), None, " > ".join(t for _, t in path)))
         buf.clear()
@@ -233,11 +239,11 @@ def parse_markdown(data: bytes) -> ParsedDocument:
     for line in text.split("\n"):
         if line.lstrip().startswith("```"):
             in_fence = not in_fence
-        m = None if in_fence else _MD_HEADING.match(line)
-        if m:
+        heading = None if in_fence else md_heading(line)
+        if heading:
             flush()
-            level = len(m.group(1))
-            path = [(lv, t) for lv, t in path if lv < level] + [(level, m.group(2).strip())]
+            level, title = heading
+            path = [(lv, t) for lv, t in path if lv < level] + [(level, title)]
             buf.append(line.strip())  # the heading starts its section's first chunk
         else:
             buf.append(line)
@@ -245,6 +251,41 @@ def parse_markdown(data: bytes) -> ParsedDocument:
     if not blocks:
         raise ParseError("The file contains no text.")
     return assemble(blocks, None)
+
+
+def md_heading(line: str) -> tuple[int, str] | None:
+    """(level, title) of an ATX heading line (``## Title ##``), else None.
+
+    What ``^(#{1,6})[ \t]+(.+?)[ \t#]*$`` matched, in linear time: that regex tried every length of
+    the lazy title against the trailing ``[ \t#]*$``, quadratic on a long line of spaces or hashes."""
+    level = len(line) - len(line.lstrip("#"))
+    if not 1 <= level <= 6 or line[level:level + 1] not in (" ", "\t"):
+        return None
+    rest = line[level:].lstrip(" \t")
+    if not rest:  # only blanks after the hashes: the regex's title was one of them (two at least)
+        return (level, "") if len(line) - level >= 2 else None
+    return level, (rest.rstrip(" \t#") or rest[0]).strip()
+
+
+def _paragraphs(body: str) -> list[str]:
+    """``re.split(r"\n\s*\n(?![ \t])", body)`` in linear time: split at a blank line unless the next
+    line is indented (an indented block stays with its paragraph). Each whitespace run holding two
+    newlines is split once, from its first newline to its last one that is not followed by a space or
+    tab, which is where the regex cut; tried from every newline of a run of "\n " lines, the regex
+    rescanned the rest of the run each time (quadratic)."""
+    parts, pos = [], 0
+    for m in _SPACE_RUN.finditer(body):
+        first = body.find("\n", m.start(), m.end())
+        if first < 0:
+            continue
+        last = body.rfind("\n", first + 1, m.end())
+        while last > first and body[last + 1:last + 2] in (" ", "\t"):
+            last = body.rfind("\n", first + 1, last)
+        if last > first:
+            parts.append(body[pos:first])
+            pos = last + 1
+    parts.append(body[pos:])
+    return parts
 
 
 PARSERS = {"pdf": parse_pdf, "text": parse_text, "markdown": parse_markdown}

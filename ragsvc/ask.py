@@ -175,7 +175,8 @@ class AskService:
         t0 = time.perf_counter()
         k_first = req.top_k or self.settings.top_k
         passages = await asyncio.to_thread(self._retrieve, req, question, k_first)
-        decision = self._route(req, question, passages)
+        # Routing matches patterns over the question: linear, but CPU work all the same, so off the loop.
+        decision = await asyncio.to_thread(self._route, req, question, passages)
         queries: list[str] = []
         if decision.mode == "on":
             k = req.top_k or self.settings.top_k_on

@@ -22,6 +22,9 @@ MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _LEADING_MARKERS = re.compile(r"^(\s*\[\d+(?:\s*,\s*\d+)*\])+")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])(\s+)")
 _WORD = re.compile(r"[a-z0-9]+")
+# Whitespace before punctuation, in one pass: ``\s+([.!?,;:])`` retried from every position of a long
+# whitespace run not followed by punctuation, and rescanned the rest of the run each time (quadratic).
+_SPACE_THEN = re.compile(r"(\s+)([.!?,;:]?)")
 STOPWORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been being it its this "
     "that these those which who whom what when where why how do does did has have had not no yes than then "
@@ -121,11 +124,12 @@ def _with_markers(sentence: str, numbers: list[int]) -> str:
     """Rewrite a sentence's markers as ``[n][m]`` before its final punctuation."""
     trail = sentence[len(sentence.rstrip()):]
     body = MARKER.sub("", sentence.rstrip())
-    body = re.sub(r"\s+([.!?,;:])", r"\1", body).rstrip()
+    body = _SPACE_THEN.sub(lambda m: m.group(2) or m.group(1), body).rstrip()
     if not numbers:
         return body + trail
     marks = "".join(f"[{n}]" for n in numbers)
-    m = re.search(r"[.!?]+$", body)
-    if m:
-        return f"{body[:m.start()].rstrip()} {marks}{m.group(0)}{trail}"
+    # The final punctuation by rstrip, not ``[.!?]+$`` (retried from each mark of a long run of them).
+    stem = body.rstrip(".!?")
+    if len(stem) < len(body):
+        return f"{stem.rstrip()} {marks}{body[len(stem):]}{trail}"
     return f"{body} {marks}{trail}"

@@ -21,7 +21,10 @@ _BINARY_MAGIC = {
     b"{\\rtf": "an RTF document",
 }
 _MARKDOWN = {".md", ".markdown", ".mdown", ".mkd"}
-_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*(<!doctype html|<html|<head|<body)", re.I | re.S)
+# Checked by _looks_like_html with bytes.find, not one regex: ``(<!--.*?-->\s*)*`` backtracked
+# exponentially on a run of empty comments ("<!---->" * 24 + "x" held the API for seconds).
+_HTML_TAGS = (b"<!doctype html", b"<html", b"<head", b"<body")
+_SPACE = re.compile(rb"\s*")  # always matches, never backtracks
 _MAIL_HEADER = re.compile(rb"^(from|to|subject|date|received|return-path|message-id|mime-version|delivered-to):", re.I)
 
 
@@ -66,11 +69,24 @@ def detect_kind(filename: str, data: bytes) -> str:
         return suffix[1:]  # not a zip at all: the parser will say so
     if b"\x00" in head or not _is_utf8_prefix(head):
         raise UnsupportedMediaType(f"{filename!r} is binary data of an unknown type; ragsvc ingests {SUPPORTED}.")
-    if _HTML_START.match(head) or suffix in (".html", ".htm", ".xhtml"):
+    if _looks_like_html(head) or suffix in (".html", ".htm", ".xhtml"):
         return "html"
     if suffix == ".eml" or _looks_like_mail(head):
         return "eml"
     return "markdown" if suffix in _MARKDOWN else "text"
+
+
+def _looks_like_html(head: bytes) -> bool:
+    """Leading whitespace and comments, then a doctype/html/head/body tag; one pass, linear time.
+    A comment ends at the first ``-->`` (as in HTML), an unclosed one means "not HTML"."""
+    pos = _SPACE.match(head).end()
+    while head.startswith(b"<!--", pos):
+        end = head.find(b"-->", pos + 4)
+        if end < 0:
+            return False
+        pos = _SPACE.match(head, end + 3).end()
+    start = head[pos:pos + 14].lower()
+    return start.startswith(_HTML_TAGS)
 
 
 def _is_utf8_prefix(head: bytes) -> bool:

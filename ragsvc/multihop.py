@@ -6,9 +6,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-_SPLIT = re.compile(r"\?\s+|;\s+|,?\s+and\s+(?=(?:in |for |at |from |to )?(?:what|who|where|when|which|how)\b)"
-                    r"|\.\s+(?=[A-Z])", re.I)
-_ENTITY = re.compile(r"\b([A-Z][\w'’-]+(?:\s+(?:of|the|de|von|van|and)?\s*[A-Z][\w'’-]+){0,3})")
+# Linear time on any text (both run over user text: the question, and passages of uploaded documents).
+# ``(?<!\s)`` lets the "and" split start only where a whitespace run starts: tried from inside a long
+# run, ``\s+and`` rescanned the rest of the run each time (quadratic). The entity's connector is
+# ``\s+(?:word\s*)?`` rather than ``\s+(?:word)?\s*``: two adjacent whitespace loops split a run in
+# quadratically many ways before failing ("Ab" and a million spaces froze every reasoning ask).
+_SPLIT = re.compile(r"\?\s+|;\s+|\.\s+(?=[A-Z])"
+                    r"|,?(?<!\s)\s+and\s+(?=(?:in |for |at |from |to )?(?:what|who|where|when|which|how)\b)", re.I)
+_ENTITY = re.compile(r"\b([A-Z][\w'’-]+(?:\s+(?:(?:of|the|de|von|van|and)\s*)?[A-Z][\w'’-]+){0,3})")
 _SKIP = {"The", "A", "An", "This", "That", "These", "Those", "It", "In", "On", "At", "For", "If", "When",
          "What", "Which", "Who", "Where", "How", "Why", "See", "Note", "Tip", "Table", "Figure", "Section"}
 

@@ -17,13 +17,45 @@ from dataclasses import dataclass
 _NUM = r"(?:\d+|two|three|four|five|six|seven|eight|nine|ten|twelve|twenty)"
 _COMPARATIVE = (r"older|younger|larger|smaller|bigger|higher|lower|longer|shorter|earlier|later|faster|"
                 r"slower|better|worse|more|less|fewer|before|after|heavier|lighter|richer|poorer")
-SIGNALS: list[tuple[str, float, re.Pattern]] = [
+
+
+class _Then:
+    """``first`` and, later on the same line, ``then``: what the regex ``first.*then`` matches, in linear
+    time. That regex tries ``.*`` from every occurrence of ``first``, each one scanning to the end of the
+    line ("more more more ..." cost quadratic time)."""
+
+    def __init__(self, first: str, then: str, flags: int = 0) -> None:
+        self.first, self.then = re.compile(first, flags), re.compile(then, flags)
+
+    def search(self, text: str) -> bool:
+        pos = 0
+        while (m := self.first.search(text, pos)) is not None:
+            eol = text.find("\n", m.end())
+            eol = len(text) if eol < 0 else eol
+            # The earliest ``first`` of a line leaves the most room; ``then`` may start where it ends.
+            if self.then.search(text, m.end(), eol):
+                return True
+            pos = eol + 1
+        return False
+
+
+class _Any:
+    def __init__(self, *matchers) -> None:
+        self.matchers = matchers
+
+    def search(self, text: str) -> bool:
+        return any(m.search(text) for m in self.matchers)
+
+
+# Every matcher runs in linear time on any question (tests/test_linear_time.py).
+SIGNALS: list[tuple[str, float, re.Pattern | _Then | _Any]] = [
     ("asks for several items (top/first N)", 2.0,
      re.compile(rf"\b(top|first|last|largest|biggest|highest|lowest|smallest|most|least|best|oldest|"
                 rf"youngest|longest|tallest|latest|recent)[- ]{_NUM}\b|\b{_NUM} (most|largest|highest|biggest|"
                 rf"best|longest|tallest|oldest|richest|smallest|first|last|main|current|least)\b", re.I)),
     ("a counted set (N things)", 2.0, re.compile(rf"\b{_NUM} (\w+ ){{0,3}}\w+s\b", re.I)),
-    ("an enumeration of several names", 2.0, re.compile(r"\w+, [^,?]+, (and |or )?[^,?]+")),
+    # ``\b``: a word is tried from its start only (from inside, ``\w+`` rescanned the word: quadratic).
+    ("an enumeration of several names", 2.0, re.compile(r"\b\w+, [^,?]+, (and |or )?[^,?]+")),
     ("asks for every member of a set", 1.6,
      re.compile(r"\b(all (of )?the|every|each \w+|respectively|for each|both)\b", re.I)),
     ("selection from a set", 1.6,
@@ -38,8 +70,9 @@ SIGNALS: list[tuple[str, float, re.Pattern]] = [
      re.compile(r"(,|\band)\s+(in |for |at |from |to )?(what|who|where|when|which|how)\b|\?\s*\w.*\?|"
                 r"[.?]\s+(what|which|who|provide|specify|list|give|how|where|when)\b", re.I)),
     ("comparison", 1.8,
-     re.compile(rf"\b(compare|compared|comparison|difference|differ|versus|vs\.?|{_COMPARATIVE})\b"
-                rf".*\b(or|than|and|between)\b|\bsame \w+ as\b|\b({_COMPARATIVE}) or ({_COMPARATIVE})\b", re.I)),
+     _Any(_Then(rf"\b(compare|compared|comparison|difference|differ|versus|vs\.?|{_COMPARATIVE})\b",
+                r"\b(or|than|and|between)\b", re.I),
+          re.compile(rf"\bsame \w+ as\b|\b({_COMPARATIVE}) or ({_COMPARATIVE})\b", re.I))),
     ("aggregation", 1.8,
      re.compile(r"\b(total|sum|average|combined|altogether|in all|how many of|median|"
                 r"the number of \w+ (that|which|who))\b", re.I)),
@@ -47,10 +80,10 @@ SIGNALS: list[tuple[str, float, re.Pattern]] = [
      re.compile(r"\b(from|between) (the year )?\d{4} (to|and|through) \d{4}\b|\b(since|after) \d{4}\b|"
                 r"\bpast \w+ (years|decades|seasons)\b|\beach year\b|\bin the last (decade|\w+ years)\b", re.I)),
     ("bridge through another entity", 1.6,
-     re.compile(r"\b(of|by|in|from|do|does|did) the (\w+ ){1,4}(that|which|who|whose|where)\b|"
-                r"\b(of|by) the (\w+ )?(director|author|founder|winner|creator|members?|actors?|"
-                r"teams?|countries|cities|companies|players|films?|books?|albums?|bands?)\b.*\b(of|in|that)\b",
-                re.I)),
+     _Any(re.compile(r"\b(of|by|in|from|do|does|did) the (\w+ ){1,4}(that|which|who|whose|where)\b", re.I),
+          _Then(r"\b(of|by) the (\w+ )?(director|author|founder|winner|creator|members?|actors?|"
+                r"teams?|countries|cities|companies|players|films?|books?|albums?|bands?)\b",
+                r"\b(of|in|that)\b", re.I))),
     ("superlative over a described set", 1.0,
      re.compile(r"\bthe (\w+ )?(\w+est|most \w+|least \w+) (\w+ ){0,4}(that|which|who|among|of the|by)\b",
                 re.I)),

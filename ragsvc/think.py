@@ -27,24 +27,29 @@ class ThinkSplitter:
         text = self._pending + delta
         self._pending = ""
         out_answer, out_reasoning = [], []
-        while text:
+        # ``pos`` walks the text and ``find`` remembers where each tag occurs next: slicing off each
+        # consumed tag, or searching again for a tag that is not there, would rescan the rest every time,
+        # quadratic on model output made of many tags ("<think></think>" * n, "</think>" * n).
+        find = _Finder(text)
+        pos = 0
+        while pos < len(text):
             tag = CLOSE if self.in_think else OPEN
-            at = text.find(tag)
+            at = find(tag, pos)
             if at >= 0:
-                (out_reasoning if self.in_think else out_answer).append(text[:at])
-                text = text[at + len(tag):]
+                (out_reasoning if self.in_think else out_answer).append(text[pos:at])
+                pos = at + len(tag)
                 self.in_think = not self.in_think
                 continue
-            keep = _partial_suffix(text, tag)
+            keep = _partial_suffix(text, tag, pos)
             if not self.in_think:
                 # A stray close tag with no open one (the prefill opened the block): drop it.
-                stray = text.find(CLOSE)
+                stray = find(CLOSE, pos)
                 if stray >= 0:
-                    out_answer.append(text[:stray])
-                    text = text[stray + len(CLOSE):]
+                    out_answer.append(text[pos:stray])
+                    pos = stray + len(CLOSE)
                     continue
-                keep = max(keep, _partial_suffix(text, CLOSE))
-            emit, self._pending = text[: len(text) - keep], text[len(text) - keep:]
+                keep = max(keep, _partial_suffix(text, CLOSE, pos))
+            emit, self._pending = text[pos: len(text) - keep], text[len(text) - keep:]
             (out_reasoning if self.in_think else out_answer).append(emit)
             break
         a, r = "".join(out_answer), "".join(out_reasoning)
@@ -62,9 +67,24 @@ class ThinkSplitter:
         return text, ""
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+class _Finder:
+    """``text.find(tag, pos)`` for a ``pos`` that only grows: each tag's next occurrence is remembered
+    (there is none between the position it was searched from and it), so the text is scanned once per tag."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.next: dict[str, int] = {}
+
+    def __call__(self, tag: str, pos: int) -> int:
+        at = self.next.get(tag)
+        if at is None or 0 <= at < pos:
+            at = self.next[tag] = self.text.find(tag, pos)
+        return at
+
+
+def _partial_suffix(text: str, tag: str, pos: int = 0) -> int:
+    """Length of the longest suffix of ``text[pos:]`` that is a proper prefix of ``tag``."""
+    for n in range(min(len(tag) - 1, len(text) - pos), 0, -1):
         if text.endswith(tag[:n]):
             return n
     return 0
