@@ -211,13 +211,14 @@ def test_delete_during_indexing_leaves_no_vector_and_b_stays_out_of_a(world, pau
     assert not deleter.is_alive() and not worker.is_alive()
     with w.sessions() as s:
         assert s.get(Document, doomed["id"]) is None
-    assert "stats" not in outcome, "the worker made a deleted document ready"
-    assert "deleted while it was being ingested" in outcome["error"]
-    # No vector of the deleted document is left in A; then B's chunks take the next ids.
-    assert set(w.store.stored_ids(a_id)) == set(w.chunk_ids(w.docs.list("a")[0]["id"]))
+    # B's chunks take the next ids: whatever the deleted document left in A must not name them.
     b = w.ingest("b", "secret.txt", SECRET)
     assert_a_never_sees_b(w, a_id, b)
+    # No vector of the deleted document is left in A, and the worker knew it had been deleted.
+    assert set(w.store.stored_ids(a_id)) == set(w.chunk_ids(w.docs.list("a")[0]["id"]))
     assert_index_matches_rows(w)
+    assert "stats" not in outcome, "the worker made a deleted document ready"
+    assert "deleted while it was being ingested" in outcome["error"]
 
 
 # --- window 2: a worker killed between the index write and the commit --------------------------------
