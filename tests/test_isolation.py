@@ -159,6 +159,32 @@ def test_chunk_and_job_ids_are_never_reused(world):
         assert s.scalar(select(Job.id).where(Job.document_id == b["id"])) > top_job
 
 
+# --- a new version stays within its collection -------------------------------------------------------
+
+def test_new_version_reuses_and_replaces_only_within_its_collection(world):
+    """Same collection: the new version reuses unchanged vectors and takes the old one's place, and the
+    index equals the rows. A ``replaces`` link to another collection's document (the API refuses to
+    make one; here it is written straight into the row) neither reuses its vectors nor deletes it."""
+    from sqlalchemy import update
+
+    w = world
+    first = "# Ferry\n\nThe ferry leaves the pier at seven.\n\n# Crane\n\nThe harbour crane is inspected on Mondays.\n"
+    v1 = w.ingest("a", "notes.md", first)
+    v2 = w.upload("a", "notes.md", first + "\n# Tides\n\nThe tide tables are posted at the harbour office.\n")
+    assert v2["replaces"] == v1["id"]
+    stats = w.pipeline.process(v2["id"])
+    assert stats["replaced"] == v1["id"] and stats["reused_chunks"] >= 1
+    assert_index_matches_rows(w)
+    b = w.upload("b", "other.md", first)
+    with w.sessions() as s, s.begin():
+        s.execute(update(Document).where(Document.id == b["id"]).values(replaces_id=v2["id"]))
+    stats = w.pipeline.process(b["id"])
+    assert stats["replaced"] is None and stats["reused_chunks"] == 0
+    with w.sessions() as s:
+        assert s.get(Document, v2["id"]).status == "ready"  # A's document is untouched
+    assert_index_matches_rows(w)
+
+
 # --- window 1: a delete while the worker is in the indexing stage ------------------------------------
 
 class PausingStore(IndexStore):
