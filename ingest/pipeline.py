@@ -164,15 +164,21 @@ class Pipeline:
             try:
                 session.flush()
                 session.commit()
-            except IntegrityError as exc:  # SQLite: deleted between the read above and these writes
-                raise IngestError("The document was deleted while it was being ingested.") from exc
+            except IntegrityError as exc:  # SQLite takes no row lock: a delete, or another attempt, came first
+                session.rollback()
+                if session.get(Document, document_id) is None:
+                    raise IngestError("The document was deleted while it was being ingested.") from exc
+                raise IngestError("Another ingestion attempt wrote this document's chunks meanwhile.") from exc
             return [r.id for r in rows], stale
 
     def _make_ready(self, document_id: str, collection_id: str, replaces_id: str | None, ids: list[int],
                     parsed, reused: int) -> str | None:
         with self.sessions() as session:
-            # The write comes first: it takes SQLite's write lock (PostgreSQL's row lock), so no delete
-            # can land between this check and the commit.
+            # PostgreSQL: lock the old version before this one, the order a delete of the old version
+            # takes them in (its ON DELETE SET NULL touches this row), so the two cannot deadlock.
+            old = session.get(Document, replaces_id, with_for_update=True) if replaces_id else None
+            # Then the write: it takes SQLite's write lock (PostgreSQL's row lock), so no delete of this
+            # document can land between this check and the commit.
             found = session.execute(
                 update(Document).where(Document.id == document_id).values(
                     status=DocumentStatus.READY, error=None, stage=None, progress=1.0, pages=parsed.pages,
@@ -187,7 +193,6 @@ class Pipeline:
                 if not found:
                     raise IngestError("The document was deleted while it was being ingested.")
                 raise IngestError("The document's chunks were replaced by another ingestion attempt meanwhile.")
-            old = session.get(Document, replaces_id) if replaces_id else None
             if old is not None and old.collection_id != collection_id:
                 old = None  # versions only ever replace a document of their own collection
             old_chunk_ids, old_folder = [], None
