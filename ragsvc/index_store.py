@@ -105,7 +105,7 @@ class IndexStore:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:  # FAISS reports I/O and format errors as RuntimeError
             raise RagsvcError(f"The index file {path} cannot be read: {exc}") from exc
-        if index.d != self.dim:
+        if self.dim and index.d != self.dim:  # dim 0: a reader that takes any (``ragsvc index check``)
             raise RagsvcError(
                 f"The index at {path} holds {index.d}-dimensional vectors but the embedding model makes "
                 f"{self.dim}; re-ingest the collection after changing the embedding model."

@@ -337,14 +337,14 @@ def test_index_check_reports_and_repairs_via_the_cli(tmp_path, db_url, embedder,
         assert f"1 ready chunk(s) without a vector (ids {lost})" in found.stdout
         assert f"index folder {stray}: its collection no longer exists" in found.stdout
         assert "3 problem(s) found" in found.stdout
-        if kind == "flat":  # the same code for both kinds; each CLI run loads the embedder
+        if kind == "flat":  # the same code for both kinds
             only = index_cli(w, "--collection", "c", "--json", **env)
             assert only.returncode == 1 and stray not in only.stdout
             assert json.loads(only.stdout)["vectors_without_ready_row"] == [orphan]
             nope = index_cli(w, "--collection", "nope", **env)
             assert nope.returncode == 2 and "no collection named 'nope'" in nope.stderr
 
-        fixed = index_cli(w, "--repair", **env)
+        fixed = index_cli(w, "--repair", **env)  # the one run that loads the embedding model
         assert fixed.returncode == 0, fixed.stderr[-3000:]
         assert "repaired: removed 1 vector(s), re-embedded and added 1" in fixed.stdout
         again = index_cli(w, **env)
