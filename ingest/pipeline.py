@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.chunker import Chunker
@@ -51,9 +52,12 @@ class Pipeline:
         if not replaces_id:
             return {}
         with self.sessions() as session:
+            # Only a previous version in this collection: a vector is looked up by id in this
+            # collection's index, and an id from another collection's row would name something else.
             rows = session.execute(
-                select(Chunk.id, Chunk.content_hash)
-                .where(Chunk.document_id == replaces_id, Chunk.content_hash.in_(set(hashes)))
+                select(Chunk.id, Chunk.content_hash).join(Document, Document.id == Chunk.document_id)
+                .where(Chunk.document_id == replaces_id, Document.collection_id == collection_id,
+                       Chunk.content_hash.in_(set(hashes)))
             ).all()
         vecs = self.store.vectors(collection_id, [cid for cid, _ in rows])
         return {h: vecs[cid] for cid, h in rows if cid in vecs}
@@ -67,7 +71,6 @@ class Pipeline:
                 raise IngestError("The document was deleted before it could be ingested.")
             path, kind, collection_id, replaces_id = (Path(doc.storage_path), doc.kind, doc.collection_id,
                                                       doc.replaces_id)
-            old_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == document_id)))
         self._progress(document_id, "parsing", 0.0)
         try:
             data = path.read_bytes()
@@ -100,8 +103,8 @@ class Pipeline:
             self._progress(document_id, "embedding", (start + len(batch)) / len(todo))
         t_embedded = time.perf_counter()
         self._progress(document_id, "indexing", 0.0)
-        replaced = self._commit(document_id, collection_id, replaces_id, chunks, hashes, vectors, old_ids,
-                                parsed, reused=len(chunks) - len(todo))
+        replaced = self._commit(document_id, collection_id, replaces_id, chunks, hashes, vectors, parsed,
+                                reused=len(chunks) - len(todo))
         t_done = time.perf_counter()
         stats = {
             "collection_id": collection_id, "chunks": len(chunks), "pages": parsed.pages, "reused_chunks": len(chunks) - len(todo),
@@ -113,13 +116,44 @@ class Pipeline:
         return stats
 
     def _commit(self, document_id: str, collection_id: str, replaces_id: str | None, chunks: list,
-                hashes: list[str], vectors: np.ndarray, old_ids: list[int], parsed, reused: int) -> str | None:
+                hashes: list[str], vectors: np.ndarray, parsed, reused: int) -> str | None:
+        """Rows, then vectors, then "ready": three steps, so the index never holds a vector whose row
+        was never committed (issue 12, item 3).
+
+        1. The chunk rows are committed while the document is still ``processing``: retrieval, which
+           only returns rows of ready documents of the asked collection, does not see them yet, and a
+           delete from now on finds their ids (it deletes the rows and then their vectors).
+        2. The vectors are written to the collection's index.
+        3. One transaction makes the document ready, if it still exists with exactly these rows;
+           otherwise (deleted meanwhile, or taken over by another attempt) the vectors just written
+           are removed again and the document is not made ready.
+
+        A crash between 1 and 3 leaves rows that are not ready, with or without their vectors: the
+        retried job replaces both, and ``ragsvc index check --repair`` removes vectors whose rows never
+        became ready.
+        """
+        ids, stale = self._write_rows(document_id, chunks, hashes)
+        try:
+            self.store.remove(collection_id, stale)  # what an earlier attempt of this job left behind
+            self.store.add(collection_id, ids, vectors)
+        except OSError as exc:
+            # The index is written aside and renamed, so the served one is still whole; the rows stay
+            # not ready and the retried upload replaces them.
+            raise IngestError(f"The search index could not be written ({exc.strerror or exc}: "
+                              f"{exc.filename or 'index folder'}); the served index is unchanged. Free "
+                              "space or fix the index folder's permissions, then upload the file again.") from exc
+        return self._make_ready(document_id, collection_id, replaces_id, ids, parsed, reused)
+
+    def _write_rows(self, document_id: str, chunks: list, hashes: list[str]) -> tuple[list[int], list[int]]:
+        """Commit the chunk rows of a not-yet-ready document; returns (their ids, ids of rows they replaced)."""
         with self.sessions() as session:
-            doc = session.get(Document, document_id)
+            doc = session.get(Document, document_id, with_for_update=True)
             if doc is None:
                 raise IngestError("The document was deleted while it was being ingested.")
-            # A retried job starts clean: drop what an earlier attempt left behind.
-            session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+            # A retried job starts clean: drop the rows an earlier attempt left behind, and learn their
+            # ids (their vectors may be in the index) from the very statement that deletes them.
+            stale = list(session.scalars(
+                delete(Chunk).where(Chunk.document_id == document_id).returning(Chunk.id)))
             rows = [
                 Chunk(document_id=document_id, ordinal=i, text=c.text, heading_path=c.heading_path,
                       page_start=c.page, page_end=c.page, page_label=c.page_label, char_start=c.char_start,
@@ -127,28 +161,45 @@ class Pipeline:
                 for i, (c, h) in enumerate(zip(chunks, hashes))
             ]
             session.add_all(rows)
-            session.flush()
-            ids = [r.id for r in rows]
-            # Vectors go in before the commit that makes the document ready; if the commit fails the
-            # vectors are orphans that retrieval ignores (no row), and a retry overwrites them.
             try:
-                self.store.remove(collection_id, old_ids)
-                self.store.add(collection_id, ids, vectors)
-            except OSError as exc:
-                # The index is written aside and renamed, so the served one is still whole; the rows
-                # roll back with this session.
-                raise IngestError(f"The search index could not be written ({exc.strerror or exc}: "
-                                  f"{exc.filename or 'index folder'}); the served index is unchanged. Free "
-                                  "space or fix the index folder's permissions, then upload the file again.") from exc
-            old = session.get(Document, replaces_id) if replaces_id else None
+                session.flush()
+                session.commit()
+            except IntegrityError as exc:  # SQLite takes no row lock: a delete, or another attempt, came first
+                session.rollback()
+                if session.get(Document, document_id) is None:
+                    raise IngestError("The document was deleted while it was being ingested.") from exc
+                raise IngestError("Another ingestion attempt wrote this document's chunks meanwhile.") from exc
+            return [r.id for r in rows], stale
+
+    def _make_ready(self, document_id: str, collection_id: str, replaces_id: str | None, ids: list[int],
+                    parsed, reused: int) -> str | None:
+        with self.sessions() as session:
+            # PostgreSQL: lock the old version before this one, the order a delete of the old version
+            # takes them in (its ON DELETE SET NULL touches this row), so the two cannot deadlock.
+            old = session.get(Document, replaces_id, with_for_update=True) if replaces_id else None
+            # Then the write: it takes SQLite's write lock (PostgreSQL's row lock), so no delete of this
+            # document can land between this check and the commit.
+            found = session.execute(
+                update(Document).where(Document.id == document_id).values(
+                    status=DocumentStatus.READY, error=None, stage=None, progress=1.0, pages=parsed.pages,
+                    chunks=len(ids), reused_chunks=reused, glued_word_ratio=parsed.glued_word_ratio)
+            ).rowcount
+            # Ids are never reused, so the same count, lowest and highest id mean these very rows.
+            held = session.execute(select(func.count(), func.min(Chunk.id), func.max(Chunk.id))
+                                   .where(Chunk.document_id == document_id)).one()
+            if not found or tuple(held) != (len(ids), min(ids), max(ids)):
+                session.rollback()
+                self.store.remove(collection_id, ids)  # a delete may have read the ids before they were added
+                if not found:
+                    raise IngestError("The document was deleted while it was being ingested.")
+                raise IngestError("The document's chunks were replaced by another ingestion attempt meanwhile.")
+            if old is not None and old.collection_id != collection_id:
+                old = None  # versions only ever replace a document of their own collection
             old_chunk_ids, old_folder = [], None
             if old is not None:
                 old_chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == old.id)))
                 old_folder = Path(old.storage_path).parent
                 session.delete(old)  # same transaction as "ready": search sees one version or the other
-            doc.status, doc.error, doc.stage, doc.progress = DocumentStatus.READY, None, None, 1.0
-            doc.pages, doc.chunks, doc.reused_chunks = parsed.pages, len(rows), reused
-            doc.glued_word_ratio = parsed.glued_word_ratio
             session.commit()
         if old is not None:
             self.store.remove(collection_id, old_chunk_ids)

@@ -1,4 +1,4 @@
-"""The ``ragsvc`` command: serve, worker, db upgrade, ask, ingest, keys, cleanup.
+"""The ``ragsvc`` command: serve, worker, db upgrade, ask, ingest, keys, cleanup, index check.
 
 Settings are built once here, from the environment (``RAGSVC_*``) and the command's flags, and passed down.
 """
@@ -179,6 +179,45 @@ def cmd_cleanup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
+    """Compare every collection's FAISS index with its ready rows; with --repair, make them agree."""
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.embedder import make_embedder
+    from ragsvc.errors import RagsvcError
+    from ragsvc.index_check import check, collection_exists, repair
+    from ragsvc.index_store import make_index_store
+
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        if args.collection is not None and not collection_exists(sessions, args.collection):
+            print(f"There is no collection named {args.collection!r}; `ragsvc index check` without "
+                  "--collection checks them all.", file=sys.stderr)
+            return 2
+        # Only a repair needs the embedding model (to embed missing rows again; it also refuses an index
+        # of another dimension). A check only reads ids, so it starts in a second, not in ten.
+        embedder = make_embedder(settings) if args.repair else None
+        store = make_index_store(settings, embedder.dim if embedder else 0)
+        try:
+            reports = check(sessions, store, args.collection)
+            for report in reports:
+                if args.repair and report.problems:
+                    repair(sessions, store, embedder, report)
+        except RagsvcError as exc:
+            print(exc.detail, file=sys.stderr)
+            return 2
+    finally:
+        engine.dispose()
+    for report in reports:
+        print(json.dumps(report.as_dict()) if args.json else report.describe())
+    problems = sum(r.problems for r in reports)
+    if not args.json:
+        verb = "repaired" if args.repair else "found"
+        print(f"{problems} problem(s) {verb} in {len(reports)} index(es)" if problems else
+              f"{len(reports)} index(es) agree with the database")
+    return 1 if problems and not args.repair else 0
+
+
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     """Answer-quality evaluation of a question file against a running (or in-process) service."""
     from ragsvc.evaluation import command
@@ -249,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key at once")
     kr.add_argument("key_id", help="the key's id (or the whole key)")
     k.set_defaults(func=cmd_keys)
+    x = sub.add_parser("index", help="the FAISS indexes against the database")
+    xsub = x.add_subparsers(dest="index_command", required=True)
+    xc = xsub.add_parser("check", help="report vectors without a ready row and ready rows without a vector "
+                                       "(exit status 1 when there are any and --repair is not given)")
+    xc.add_argument("--repair", action="store_true",
+                    help="remove vectors without a ready row; embed ready rows without a vector again and add them")
+    xc.add_argument("--collection", help="only this collection (default: all, and stray index folders)")
+    xc.add_argument("--json", action="store_true", help="one JSON object per index instead of a sentence")
+    x.set_defaults(func=cmd_index)
     c = sub.add_parser("cleanup", help="remove stored upload files that no document owns")
     c.add_argument("--grace-s", type=float, default=3600.0,
                    help="only files older than this many seconds (an upload may be in flight)")

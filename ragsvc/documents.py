@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -214,13 +214,20 @@ class DocumentService:
             return [document_json(d, n) for d, n in session.execute(q).all()]
 
     def delete(self, document_id: str) -> None:
-        """Rows first (search stops returning them at once), then vectors, then the stored file."""
+        """Rows first (search stops returning them at once), then vectors, then the stored file.
+
+        The chunk ids come from the statement that deletes the chunk rows, inside the transaction that
+        deletes the document: a list read before it could miss rows a worker commits meanwhile, and
+        their vectors would stay behind. A worker whose vectors land after this removal finds the
+        document gone when it tries to make it ready, and removes them itself (ingest/pipeline.py).
+        """
         with self.sessions() as session:
-            doc = session.get(Document, document_id)
+            doc = session.get(Document, document_id, with_for_update=True)
             if doc is None:
                 raise NotFound(f"There is no document with id {document_id!r}.")
-            chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == doc.id)))
             collection_id = doc.collection_id
+            chunk_ids = list(session.scalars(
+                delete(Chunk).where(Chunk.document_id == document_id).returning(Chunk.id)))
             session.delete(doc)
             session.commit()
         self.store.remove(collection_id, chunk_ids)

@@ -105,7 +105,7 @@ class IndexStore:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:  # FAISS reports I/O and format errors as RuntimeError
             raise RagsvcError(f"The index file {path} cannot be read: {exc}") from exc
-        if index.d != self.dim:
+        if self.dim and index.d != self.dim:  # dim 0: a reader that takes any (``ragsvc index check``)
             raise RagsvcError(
                 f"The index at {path} holds {index.d}-dimensional vectors but the embedding model makes "
                 f"{self.dim}; re-ingest the collection after changing the embedding model."
@@ -259,6 +259,23 @@ class IndexStore:
                 continue
         return out
 
+    def stored_ids(self, collection_id: str) -> np.ndarray:
+        """Every id the collection's index file holds now, read from disk (not the cached copy)."""
+        path = self._dir(collection_id) / INDEX_FILE
+        try:
+            index = self._read(path)
+        except RagsvcError:
+            if not path.exists():  # no index yet, or the collection was dropped meanwhile
+                return np.zeros(0, dtype=np.int64)
+            raise
+        return _all_ids(index)
+
+    def collections_on_disk(self) -> list[str]:
+        """Names of the folders that hold a collection's FAISS index."""
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / INDEX_FILE).exists())
+
     def size(self, collection_id: str) -> int:
         index = self._current(collection_id)
         return 0 if index is None else int(index.ntotal)
@@ -287,6 +304,16 @@ class IndexStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise RagsvcError(f"The index folder {self.root} is not writable.")
+
+
+def _all_ids(index: faiss.Index) -> np.ndarray:
+    """The ids in an ``IndexIDMap2(IndexFlatIP)`` or an ``IndexIVFFlat``, without copying vectors."""
+    if not _is_ivf(index):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    ids = [faiss.rev_swig_ptr(ivf.invlists.get_ids(no), size).copy()
+           for no in range(ivf.nlist) if (size := ivf.invlists.list_size(no))]
+    return np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
 
 
 def _all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:

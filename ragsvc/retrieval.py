@@ -2,7 +2,10 @@
 reciprocal rank fusion (RRF), then loaded from SQL.
 
 Hits whose chunk row is gone (a delete racing a search, or an ingest that crashed before commit) are
-skipped: the database is the source of truth. Each passage keeps its dense and keyword scores.
+skipped: the database is the source of truth. So are hits whose row belongs to another collection: a
+collection's FAISS and BM25 indexes are only hints, and the SQL that turns ids into text filters by the
+collection and by ``ready``, so an orphan vector whose id later names another collection's chunk can
+never hand that chunk's text out (issue 12, item 3). Each passage keeps its dense and keyword scores.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def retrieve(
     keyword_scores = dict(keyword)
     keyword_top = {cid for cid, _ in keyword[:KEYWORD_KEEP]}
     q = (select(Chunk, Document.filename).join(Document, Document.id == Chunk.document_id)
-         .where(Chunk.id.in_(list(fused)), Document.status == DocumentStatus.READY))
+         .where(Chunk.id.in_(list(fused)), Document.collection_id == collection_id,
+                Document.status == DocumentStatus.READY))
     if document_ids:
         q = q.where(Document.id.in_(document_ids))
     rows = session.execute(q).all()

@@ -22,6 +22,11 @@ def new_id() -> str:
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; BigInteger elsewhere keeps ids 64-bit like FAISS's.
 ChunkId = BigInteger().with_variant(Integer(), "sqlite")
+# Without AUTOINCREMENT SQLite hands out max(rowid)+1, so deleting the newest rows frees their ids for the
+# next insert. A chunk id is also a FAISS key and a job id is shown to users: an id once handed out must
+# never name something else (an orphan vector would then return another document's text). PostgreSQL's
+# sequences never go back, so this only changes SQLite (issue 12, item 3).
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
 class Base(DeclarativeBase):
@@ -83,7 +88,7 @@ class Document(Base):
 
 class Chunk(Base):
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)
     document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
@@ -102,7 +107,7 @@ class Chunk(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_id", "status", "id"),)
+    __table_args__ = (Index("ix_jobs_status_id", "status", "id"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)
     document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
