@@ -1,0 +1,232 @@
+"""Run a parse in a child process under a memory, a CPU-time and a wall-clock limit.
+
+A hostile document (a zip or Flate bomb, input that sends a regex quadratic, ten thousand nested
+parts) must cost one failed document, never the worker: in the worker's own process it could take
+gigabytes, or hold the GIL long enough that the lease heartbeat stops and every other worker takes
+the same poison job in turn. Here the worker only waits on a pipe (the GIL stays free for the
+heartbeat); the child gets ``RLIMIT_AS`` and ``RLIMIT_CPU`` and is killed at the wall-clock limit;
+whichever limit trips, the caller gets ``ParseLimitExceeded`` with a sentence naming it.
+
+Children come from a ``forkserver`` with the light parser modules preloaded: a fresh interpreter
+started once (never a plain ``fork`` of a worker holding torch/OpenVINO threads), from which each
+child forks in milliseconds. A document's memory dies with its child, so the worker's RSS stays flat.
+
+The interface is generic, for any parse-like work (OCR later): ``run_limited(fn, args, limits,
+prepare)`` runs ``fn(*args)`` in a child and returns its (picklable) result.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+from ingest.parsers import DocumentCaps, ParsedDocument
+from ragsvc.errors import ParseError, ParseLimitExceeded
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+# Modules the forkserver imports once, so each child starts without importing them (a PDF child
+# starts in ~35 ms). "__main__" (the ``ragsvc`` script) too, or every child would import it again to
+# "fix up" its main module; ragsvc.cli for the same reason under ``python -m ragsvc``.
+# ingest.preload_office loads unstructured and spaCy (numpy's BLAS pool is its only thread, and it
+# is fork-safe): imported per child instead, each DOCX cost 3.6 s more.
+PRELOAD = ["__main__", "ragsvc.cli", "ingest.parsers", "pypdf", "pypdfium2", "ingest.preload_office"]
+OFFICE_KINDS = ("docx", "pptx", "html", "eml")
+# A child that crashed on a signal while its address space was this close to the limit ran out of
+# memory in C code (PDFium, lxml abort or fault when an allocation fails instead of raising).
+NEAR_LIMIT = 0.85
+_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    memory_mb: int = 2048
+    cpu_s: int = 300
+    timeout_s: float = 600.0
+    caps: DocumentCaps = field(default_factory=DocumentCaps)
+
+    @classmethod
+    def from_settings(cls, settings) -> ParseLimits:  # noqa: ANN001 - ragsvc.settings.Settings
+        return cls(settings.parse_memory_mb, settings.parse_cpu_s, settings.parse_timeout_s,
+                   DocumentCaps(settings.max_pages, settings.max_office_xml_mb * MiB))
+
+
+def parse_in_child(kind: str, data: bytes, limits: ParseLimits) -> ParsedDocument:
+    """``ingest.parsers.parse`` on ``data`` in a limited child; raises ``ParseError`` (or its subclass
+    ``ParseLimitExceeded``) with the user-facing reason."""
+    return run_limited(_parse, (kind, data, limits.caps), limits, prepare=_prepare, prepare_args=(kind,))
+
+
+def _parse(kind: str, data: bytes, caps: DocumentCaps) -> ParsedDocument:
+    from ingest.parsers import parse
+
+    return parse(kind, data, caps)
+
+
+def _prepare(kind: str) -> None:
+    """Import what the kind's parser needs before the memory limit is set: the limit is for the
+    document, not for the libraries' code (torch alone maps ~500 MiB of address space)."""
+    if kind in OFFICE_KINDS:
+        from ingest import office
+
+        office.preload()
+
+
+def run_limited(fn: Callable, args: tuple, limits: ParseLimits, prepare: Callable | None = None,
+                prepare_args: tuple = ()):
+    """``fn(*args)`` in a child process under ``limits``; its result comes back pickled.
+
+    A ``ParseError`` raised in the child comes back as one with the same sentence; a limit hit, an
+    out-of-memory kill or a crash come back as ``ParseLimitExceeded`` or ``ParseError``."""
+    ctx = _context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args, limits, prepare, prepare_args), daemon=True,
+                       name="ragsvc-parse")
+    proc.start()
+    send.close()  # the child holds the only writing end: EOF on recv means it is gone
+    deadline = time.monotonic() + limits.timeout_s
+    address_limit = peak = 0
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.join()
+                raise ParseLimitExceeded(
+                    f"Parsing stopped: the document took longer than {limits.timeout_s:g} s to parse "
+                    "(RAGSVC_PARSE_TIMEOUT_S); split it into smaller files or raise the limit.",
+                    limit="RAGSVC_PARSE_TIMEOUT_S")
+            # Waiting on the pipe and the child's sentinel releases the GIL: the heartbeat runs.
+            if not wait([recv, proc.sentinel], timeout=min(left, _POLL_S)):
+                peak = max(peak, _address_space(proc.pid))
+                continue
+            try:
+                message = recv.recv()
+            except (EOFError, OSError):
+                message = None  # the child died without a word (a signal, the OOM killer)
+            if message is not None and message[0] == "armed":
+                address_limit = message[1]
+                continue
+            if message is None:
+                proc.join()
+                raise _death_reason(proc.exitcode, limits, peak, address_limit)
+            return _outcome(message, limits)
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+
+
+def _outcome(message: tuple, limits: ParseLimits):
+    status, payload = message
+    if status == "ok":
+        return payload
+    if status == "memory":
+        raise _memory_exceeded(limits)
+    if status == "parse_error":
+        detail, limit = payload
+        raise ParseLimitExceeded(detail, limit=limit) if limit else ParseError(detail)
+    raise ParseError(f"The parser failed on this file ({payload}).")
+
+
+def _memory_exceeded(limits: ParseLimits, how: str = "") -> ParseLimitExceeded:
+    return ParseLimitExceeded(
+        f"Parsing stopped: the document needed more than {limits.memory_mb} MiB of memory "
+        f"(RAGSVC_PARSE_MEMORY_MB){how}; it is likely a decompression bomb or far larger than a real "
+        "document. Split it, or raise the limit if it is genuine.", limit="RAGSVC_PARSE_MEMORY_MB")
+
+
+def _death_reason(exitcode: int | None, limits: ParseLimits, peak: int, address_limit: int) -> ParseError:
+    """Why a child died without sending its result, as the sentence the user reads."""
+    if exitcode == -signal.SIGXCPU:
+        return ParseLimitExceeded(
+            f"Parsing stopped: the document needed more than {limits.cpu_s} s of CPU time "
+            "(RAGSVC_PARSE_CPU_S); a parser went very slow on its content. Split it or convert it to "
+            "another format.", limit="RAGSVC_PARSE_CPU_S")
+    if exitcode == -signal.SIGKILL:
+        # Not our kill (the wall clock is handled before): the kernel's OOM killer, which prefers
+        # the child (oom_score_adj 1000) to the worker.
+        return _memory_exceeded(limits, "; the system stopped it when memory ran out")
+    if exitcode is not None and exitcode < 0 and address_limit and peak >= NEAR_LIMIT * address_limit:
+        return _memory_exceeded(limits, "; the parser crashed when an allocation failed")
+    what = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
+    return ParseError(f"The parser crashed on this file ({what}); the file is probably corrupt.")
+
+
+def _address_space(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _child(conn, fn: Callable, args: tuple, limits: ParseLimits, prepare: Callable | None,
+           prepare_args: tuple) -> None:
+    """The child's whole life: limits, the work, one message back."""
+    _die_with_parent()
+    try:
+        if prepare is not None:
+            prepare(*prepare_args)
+        conn.send(("armed", _set_limits(limits)))
+        message = ("ok", fn(*args))
+    except MemoryError:
+        message = ("memory", None)
+    except ParseLimitExceeded as exc:
+        message = ("parse_error", (exc.detail, exc.limit))
+    except ParseError as exc:
+        message = ("parse_error", (exc.detail, None))
+    except RecursionError:
+        message = ("error", "its structure is nested too deeply")
+    except Exception as exc:  # noqa: BLE001 - any failure is this document's, reported as its reason
+        message = ("error", f"{type(exc).__name__}: {exc}")
+    try:
+        conn.send(message)
+    except MemoryError:  # pickling a result too big for the limit
+        del message
+        conn.send(("memory", None))
+    conn.close()
+
+
+def _set_limits(limits: ParseLimits) -> int:
+    """RLIMIT_CPU counts from now (imports done); RLIMIT_AS allows ``memory_mb`` beyond the current
+    address space. Returns the address-space limit in bytes."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    # Past the soft limit the kernel sends SIGXCPU (default: terminate); the hard one, 5 s later, SIGKILL.
+    resource.setrlimit(resource.RLIMIT_CPU, (used + limits.cpu_s, used + limits.cpu_s + 5))
+    address_limit = _address_space(os.getpid()) + limits.memory_mb * MiB
+    resource.setrlimit(resource.RLIMIT_AS, (address_limit, address_limit))
+    return address_limit
+
+
+def _die_with_parent() -> None:
+    """The child dies with its forkserver (which exits with the worker), and is the OOM killer's
+    first choice, so that a bomb that exhausts the machine costs the child, not the worker."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        log.debug("could not set the parse child's death signal or OOM score", exc_info=True)
+
+
+_ctx = None
+
+
+def _context():
+    global _ctx
+    if _ctx is None:
+        _ctx = multiprocessing.get_context("forkserver")
+        _ctx.set_forkserver_preload(PRELOAD)
+    return _ctx
