@@ -39,10 +39,14 @@ MiB = 1024 * 1024
 # is fork-safe): imported per child instead, each DOCX cost 3.6 s more.
 PRELOAD = ["__main__", "ragsvc.cli", "ingest.parsers", "pypdf", "pypdfium2", "ingest.preload_office"]
 OFFICE_KINDS = ("docx", "pptx", "html", "eml")
-# A child that crashed on a signal while its address space was this close to the limit ran out of
-# memory in C code (PDFium, lxml abort or fault when an allocation fails instead of raising).
-NEAR_LIMIT = 0.85
-_POLL_S = 0.25
+# A child that crashed on a signal after using at least this share of its memory allowance ran out
+# of memory in C code: PDFium, for one, aborts when an allocation fails instead of raising. Half,
+# because a buffer that doubles fails while the old half is what the parent last saw.
+NEAR_LIMIT = 0.5
+_POLL_S = 0.1
+# A parse that failed in any way after its address space reached this share of the limit failed
+# for want of memory (measured: a DOCX whose XML needs more than the limit peaks at 100%).
+HIT_LIMIT = 0.9
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def run_limited(fn: Callable, args: tuple, limits: ParseLimits, prepare: Callabl
     proc.start()
     send.close()  # the child holds the only writing end: EOF on recv means it is gone
     deadline = time.monotonic() + limits.timeout_s
-    address_limit = peak = 0
+    base = peak = 0
     try:
         while True:
             left = deadline - time.monotonic()
@@ -112,11 +116,12 @@ def run_limited(fn: Callable, args: tuple, limits: ParseLimits, prepare: Callabl
             except (EOFError, OSError):
                 message = None  # the child died without a word (a signal, the OOM killer)
             if message is not None and message[0] == "armed":
-                address_limit = message[1]
+                base = message[1]
                 continue
             if message is None:
                 proc.join()
-                raise _death_reason(proc.exitcode, limits, peak, address_limit)
+                used = (peak - base) / (limits.memory_mb * MiB) if base else 0.0
+                raise _death_reason(proc.exitcode, limits, used)
             return _outcome(message, limits)
     finally:
         recv.close()
@@ -144,8 +149,9 @@ def _memory_exceeded(limits: ParseLimits, how: str = "") -> ParseLimitExceeded:
         "document. Split it, or raise the limit if it is genuine.", limit="RAGSVC_PARSE_MEMORY_MB")
 
 
-def _death_reason(exitcode: int | None, limits: ParseLimits, peak: int, address_limit: int) -> ParseError:
-    """Why a child died without sending its result, as the sentence the user reads."""
+def _death_reason(exitcode: int | None, limits: ParseLimits, used: float) -> ParseError:
+    """Why a child died without sending its result, as the sentence the user reads; ``used`` is the
+    largest share of its memory allowance the parent saw it use."""
     if exitcode == -signal.SIGXCPU:
         return ParseLimitExceeded(
             f"Parsing stopped: the document needed more than {limits.cpu_s} s of CPU time "
@@ -155,10 +161,22 @@ def _death_reason(exitcode: int | None, limits: ParseLimits, peak: int, address_
         # Not our kill (the wall clock is handled before): the kernel's OOM killer, which prefers
         # the child (oom_score_adj 1000) to the worker.
         return _memory_exceeded(limits, "; the system stopped it when memory ran out")
-    if exitcode is not None and exitcode < 0 and address_limit and peak >= NEAR_LIMIT * address_limit:
+    if exitcode is not None and exitcode < 0 and used >= NEAR_LIMIT:
         return _memory_exceeded(limits, "; the parser crashed when an allocation failed")
     what = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
     return ParseError(f"The parser crashed on this file ({what}); the file is probably corrupt.")
+
+
+def _vm_peak() -> int:
+    """The most address space this process has had mapped, in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _address_space(pid: int) -> int:
@@ -173,10 +191,12 @@ def _child(conn, fn: Callable, args: tuple, limits: ParseLimits, prepare: Callab
            prepare_args: tuple) -> None:
     """The child's whole life: limits, the work, one message back."""
     _die_with_parent()
+    base = 0
     try:
         if prepare is not None:
             prepare(*prepare_args)
-        conn.send(("armed", _set_limits(limits)))
+        base = _set_limits(limits)
+        conn.send(("armed", base))
         message = ("ok", fn(*args))
     except MemoryError:
         message = ("memory", None)
@@ -188,6 +208,10 @@ def _child(conn, fn: Callable, args: tuple, limits: ParseLimits, prepare: Callab
         message = ("error", "its structure is nested too deeply")
     except Exception as exc:  # noqa: BLE001 - any failure is this document's, reported as its reason
         message = ("error", f"{type(exc).__name__}: {exc}")
+    if message[0] != "ok" and base and _vm_peak() - base >= HIT_LIMIT * limits.memory_mb * MiB:
+        # A library that turned a failed allocation into its own error (lxml: "XMLSyntaxError: unknown
+        # error", unstructured: "could not be parsed (MemoryError)"): the memory limit is the reason.
+        message = ("memory", None)
     try:
         conn.send(message)
     except MemoryError:  # pickling a result too big for the limit
@@ -198,14 +222,14 @@ def _child(conn, fn: Callable, args: tuple, limits: ParseLimits, prepare: Callab
 
 def _set_limits(limits: ParseLimits) -> int:
     """RLIMIT_CPU counts from now (imports done); RLIMIT_AS allows ``memory_mb`` beyond the current
-    address space. Returns the address-space limit in bytes."""
+    address space. Returns that address space (the base), in bytes."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = int(usage.ru_utime + usage.ru_stime) + 1
     # Past the soft limit the kernel sends SIGXCPU (default: terminate); the hard one, 5 s later, SIGKILL.
     resource.setrlimit(resource.RLIMIT_CPU, (used + limits.cpu_s, used + limits.cpu_s + 5))
-    address_limit = _address_space(os.getpid()) + limits.memory_mb * MiB
-    resource.setrlimit(resource.RLIMIT_AS, (address_limit, address_limit))
-    return address_limit
+    base = _address_space(os.getpid())
+    resource.setrlimit(resource.RLIMIT_AS, (base + limits.memory_mb * MiB, base + limits.memory_mb * MiB))
+    return base
 
 
 def _die_with_parent() -> None:
