@@ -97,3 +97,48 @@ def test_limits_come_from_the_settings():
                                                 max_pages=12, max_office_xml_mb=3))
     assert (limits.memory_mb, limits.cpu_s, limits.timeout_s) == (100, 7, 9)
     assert (limits.caps.max_pages, limits.caps.max_office_xml_bytes) == (12, 3 * 1024 * 1024)
+
+
+# --- caps on a document's structure, checked before its content is read (in-process) ---------------
+
+def test_page_and_slide_caps_are_named():
+    from ingest.parsers import DocumentCaps, parse
+    from tests.docmaker import make_pptx
+
+    assert parse("pdf", make_pdf(["one", "two", "three"]), DocumentCaps(max_pages=3)).pages == 3
+    with pytest.raises(ParseLimitExceeded, match=r"has 3 pages, more than the limit of 2 \(RAGSVC_MAX_PAGES\)"):
+        parse("pdf", make_pdf(["one", "two", "three"]), DocumentCaps(max_pages=2))
+    with pytest.raises(ParseLimitExceeded, match=r"has 2 slides, more than the limit of 1 \(RAGSVC_MAX_PAGES\)"):
+        parse("pptx", make_pptx(), DocumentCaps(max_pages=1))
+
+
+def test_office_xml_cap_counts_xml_not_media():
+    import io
+    import zipfile
+
+    from ingest.office import check_zip
+    from ingest.parsers import DocumentCaps
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("word/document.xml", b"<w/>" * 300_000)  # 1.2 MB of XML
+        zf.writestr("word/media/image1.png", os.urandom(3_000_000))  # media: not XML
+    check_zip(buf.getvalue(), "DOCX", DocumentCaps(max_office_xml_bytes=2_000_000))
+    with pytest.raises(ParseLimitExceeded, match=r"RAGSVC_MAX_OFFICE_XML_MB"):
+        check_zip(buf.getvalue(), "DOCX", DocumentCaps(max_office_xml_bytes=1_000_000))
+
+
+def test_email_caps_pass_real_mail_and_refuse_past_them():
+    from ingest.office import MAX_EMAIL_HEADER_BYTES, MAX_EMAIL_MULTIPARTS, check_email_structure
+    from ingest.parsers import parse
+    from tests.docmaker import EML_DOC
+
+    assert "boiler" in parse("eml", EML_DOC).full_text
+    received = "".join(f"Received: from relay{i}.example.com by mx.example.com; Mon, 2 Nov 2026\n" for i in range(500))
+    check_email_structure((received + "Subject: many hops\n\nBody.\n").encode())  # 33 KiB of headers: fine
+    big = ("To: " + "x" * MAX_EMAIL_HEADER_BYTES + "\n\nBody.\n").encode()
+    with pytest.raises(ParseLimitExceeded, match="e-mail header block"):
+        parse("eml", big)
+    nested = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(MAX_EMAIL_MULTIPARTS + 1))
+    with pytest.raises(ParseLimitExceeded, match=f"{MAX_EMAIL_MULTIPARTS + 1} multipart sections"):
+        parse("eml", f"Subject: deep\n{nested}".encode())
