@@ -20,11 +20,10 @@ import pytest
 from sqlalchemy import select
 
 from ragsvc.db import Document, Job
+from ragsvc.documents import Upload
 from tests.conftest import new_pg_database
 from tests.docmaker import make_docx
 from tests.test_worker_faults import queue, start_worker, wait_for
-
-from ragsvc.documents import Upload
 
 MiB = 1024 * 1024
 LIMITS = {"RAGSVC_PARSE_MEMORY_MB": "512", "RAGSVC_PARSE_CPU_S": "8", "RAGSVC_PARSE_TIMEOUT_S": "30"}
@@ -65,12 +64,25 @@ def flate_bomb_pdf(inflated_mib: int = 1024) -> bytes:
 
 
 def many_pages_pdf(pages: int = 30_000) -> bytes:
-    """``pages`` one-word pages sharing one content stream: 4.6 MB."""
-    content = b"BT /F1 12 Tf 72 712 Td (word) Tj ET"
-    kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
-    page = b"<< /Type /Page /Parent 2 0 R /Contents 3 0 R " + _RESOURCES % 4 + b" >>"
-    return _pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
-                 b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream", _FONT] + [page] * pages)
+    """``pages`` pages of one distinct word each (6 MB): distinct, or they would all be dropped as a
+    running header and the old parser would fail it fast for want of text, not for its length."""
+    def word(i: int) -> bytes:
+        letters = b""
+        for _ in range(4):
+            i, r = divmod(i, 26)
+            letters += bytes([97 + r])
+        return letters
+
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"", _FONT]  # 4.. pages, each followed by its content
+    kids = []
+    for i in range(pages):
+        n = len(objs) + 1
+        kids.append(b"%d 0 R" % n)
+        content = b"BT /F1 12 Tf 72 712 Td (harbour%s) Tj ET" % word(i)
+        objs.append(b"<< /Type /Page /Parent 2 0 R /Contents %d 0 R " % (n + 1) + _RESOURCES % 3 + b" >>")
+        objs.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+    objs[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), pages)
+    return _pdf(objs)
 
 
 def docx_with_xml(xml_mib: int) -> bytes:
