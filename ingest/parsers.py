@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from ragsvc.errors import ParseError
+from ragsvc.errors import ParseError, ParseLimitExceeded
 
 log = logging.getLogger(__name__)
 GLUED_WORD_LETTERS = 20
@@ -43,8 +43,6 @@ class DocumentCaps:
 
 def check_pages(n_pages: int, caps: DocumentCaps, what: str = "pages") -> None:
     if n_pages > caps.max_pages:
-        from ragsvc.errors import ParseLimitExceeded
-
         raise ParseLimitExceeded(
             f"The document has {n_pages} {what}, more than the limit of {caps.max_pages} (RAGSVC_MAX_PAGES); "
             "split it into smaller files.", limit="RAGSVC_MAX_PAGES")
