@@ -40,6 +40,17 @@ def crash() -> None:
     ctypes.string_at(0)  # a segfault in C, as a buggy native parser would
 
 
+def killed_by_the_kernel() -> None:
+    os.kill(os.getpid(), 9)  # SIGKILL from outside our wall clock: what the OOM killer does
+
+
+def abort_after_allocating() -> None:
+    held = bytearray(200 * 1024 * 1024)  # most of the 256 MiB allowance, then an abort, as PDFium does
+    time.sleep(1)  # long enough for the parent to see it
+    os.abort()
+    del held
+
+
 def refuse() -> None:
     raise ParseError("The file contains no text.")
 
@@ -82,6 +93,13 @@ def test_a_crash_fails_the_document_without_blaming_a_limit():
     with pytest.raises(ParseError, match="crashed on this file \\(signal SIGSEGV\\)") as err:
         run_limited(crash, (), SMALL)
     assert not isinstance(err.value, ParseLimitExceeded)
+
+
+def test_an_out_of_memory_kill_or_an_abort_near_the_limit_counts_as_the_memory_limit():
+    with pytest.raises(ParseLimitExceeded, match=r"RAGSVC_PARSE_MEMORY_MB\); the system stopped it when memory ran out"):
+        run_limited(killed_by_the_kernel, (), SMALL)
+    with pytest.raises(ParseLimitExceeded, match=r"RAGSVC_PARSE_MEMORY_MB\); the parser crashed when an allocation"):
+        run_limited(abort_after_allocating, (), SMALL)
 
 
 def test_a_parse_error_keeps_its_sentence():
