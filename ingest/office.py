@@ -16,8 +16,8 @@ from email.header import decode_header, make_header
 from email.parser import BytesParser
 from email.policy import Compat32
 
-from ingest.parsers import Block, ParsedDocument, assemble
-from ragsvc.errors import ParseError
+from ingest.parsers import Block, DocumentCaps, ParsedDocument, assemble, check_pages
+from ragsvc.errors import ParseError, ParseLimitExceeded
 
 log = logging.getLogger(__name__)
 # unstructured prints an advertisement and pings analytics on import; neither belongs in a service log.
@@ -26,6 +26,8 @@ os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 # A DOCX/PPTX is a zip; refuse one that inflates past this before unstructured opens it (zip bombs).
+# Media count here too: python-docx reads every part into memory. The XML alone has its own, tighter
+# cap (DocumentCaps.max_office_xml_bytes): XML becomes an lxml tree ~10x its size, media stay bytes.
 MAX_UNZIPPED_BYTES = 512 * 1024 * 1024
 MAX_RATIO = 200
 # E-mail header fields are cut to this many characters as they are read. The stdlib's structured header
@@ -42,6 +44,15 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # elements' text is untouched.
 MAX_TOKEN_CHARS = 64
 _LONG_RUN = re.compile(r"\S{%d}(?=\S)" % MAX_TOKEN_CHARS)
+_XML_PART = re.compile(r"\.(xml|rels)$", re.IGNORECASE)
+_SLIDE_PART = re.compile(r"ppt/slides/slide[0-9]+\.xml")
+# An e-mail's own header block: real ones (Received chains, DKIM, a few hundred recipients) stay under
+# 100 KiB; the stdlib's structured header parsing slows down badly on huge address lists.
+MAX_EMAIL_HEADER_BYTES = 256 * 1024
+# multipart sections (each one a level of nesting at most): real mail, forwards and attachments
+# included, has a handful; the stdlib parser recurses per level.
+MAX_EMAIL_MULTIPARTS = 100
+_MULTIPART = re.compile(rb"content-type:[ \t\r\n]*multipart/", re.IGNORECASE)
 _spacy_patched = False
 
 
@@ -84,18 +95,64 @@ def _use_packaged_spacy_model() -> None:
     _spacy_patched = True
 
 
-def check_zip(data: bytes, what: str) -> None:
-    """Refuse a zip container that is corrupt or would inflate past the limits (a zip bomb)."""
+def preload() -> None:
+    """Import unstructured's partitioners and load spaCy's model (the sandboxed child does this
+    before its memory limit is set: the limit is for the document, not the libraries)."""
+    _use_packaged_spacy_model()
+    import unstructured.partition.docx  # noqa: F401
+    import unstructured.partition.html  # noqa: F401
+    import unstructured.partition.pptx  # noqa: F401
+    from unstructured.nlp import tokenize
+
+    tokenize._get_nlp()
+
+
+def check_zip(data: bytes, what: str, caps: DocumentCaps = DocumentCaps()) -> None:
+    """Refuse a zip container that is corrupt or would inflate past the limits (a zip bomb), or a
+    presentation with more slides than allowed, reading only the zip's directory."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            total = sum(i.file_size for i in zf.infolist())
+            infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ParseError(f"The {what} file is not a readable zip container ({exc}).") from exc
+    total = sum(i.file_size for i in infos)
+    _check_office_xml(infos, what, caps)
+    if what == "PPTX":
+        check_pages(sum(1 for i in infos if _SLIDE_PART.fullmatch(i.filename)), caps, "slides")
     if total > MAX_UNZIPPED_BYTES or total > MAX_RATIO * max(len(data), 1) + 10 * 1024 * 1024:
         raise ParseError(
             f"The {what} file would unpack to {total / 2**20:.0f} MiB from {len(data) / 2**20:.1f} MiB "
             f"(a zip bomb, or far larger than any real document); refused."
         )
+
+
+def _check_office_xml(infos: list[zipfile.ZipInfo], what: str, caps: DocumentCaps) -> None:
+    xml = sum(i.file_size for i in infos if _XML_PART.search(i.filename))
+    if xml > caps.max_office_xml_bytes:
+        limit_mb = caps.max_office_xml_bytes / 2**20
+        raise ParseLimitExceeded(
+            f"The {what} file would unpack to {xml / 2**20:.0f} MiB of XML, more than the limit of "
+            f"{limit_mb:.0f} MiB (RAGSVC_MAX_OFFICE_XML_MB): a zip bomb, or far larger than any real "
+            "document; refused.", limit="RAGSVC_MAX_OFFICE_XML_MB")
+
+
+def check_email_structure(data: bytes) -> None:
+    """Refuse an e-mail whose header block or multipart nesting is far past any real message, before
+    the stdlib parser (super-linear on huge address lists, recursive per multipart level) sees it.
+    One linear scan; a multipart hidden from it still meets the sandbox's CPU and memory limits."""
+    ends = [i for i in (data.find(b"\n\n"), data.find(b"\r\n\r\n")) if i >= 0]
+    header = min(ends) if ends else len(data)
+    if header > MAX_EMAIL_HEADER_BYTES:
+        raise ParseLimitExceeded(
+            f"The e-mail's headers take {header / 1024:.0f} KiB, more than the limit of "
+            f"{MAX_EMAIL_HEADER_BYTES // 1024} KiB for an e-mail header block (a huge To: or Cc: list?); refused.",
+            limit="MAX_EMAIL_HEADER_BYTES")
+    parts = sum(1 for _ in _MULTIPART.finditer(data))
+    if parts > MAX_EMAIL_MULTIPARTS:
+        raise ParseLimitExceeded(
+            f"The e-mail has {parts} multipart sections, more than the limit of {MAX_EMAIL_MULTIPARTS} "
+            "(multiparts nested or repeated far past any real message); refused.",
+            limit="MAX_EMAIL_MULTIPARTS")
 
 
 def _table_text(el) -> str:
@@ -154,13 +211,13 @@ def _partition(kind: str, data: bytes):
     raise ParseError(f"No parser for documents of kind {kind!r}.")
 
 
-def parse_docx(data: bytes) -> ParsedDocument:
-    check_zip(data, "DOCX")
+def parse_docx(data: bytes, caps: DocumentCaps = DocumentCaps()) -> ParsedDocument:
+    check_zip(data, "DOCX", caps)
     return _finish(_elements_to_blocks(_partition("docx", data)), pages=None, what="DOCX")
 
 
-def parse_pptx(data: bytes) -> ParsedDocument:
-    check_zip(data, "PPTX")
+def parse_pptx(data: bytes, caps: DocumentCaps = DocumentCaps()) -> ParsedDocument:
+    check_zip(data, "PPTX", caps)
     blocks = _elements_to_blocks(_partition("pptx", data))
     slides = max((b.page or 0 for b in blocks), default=0) or None
     return _finish(blocks, pages=slides, what="PPTX")
@@ -215,6 +272,7 @@ def _part_text(part) -> str:
 
 def parse_eml(data: bytes) -> ParsedDocument:
     """Headers become the first block; the body (plain text preferred, else HTML) follows."""
+    check_email_structure(data)
     try:
         msg = BytesParser(policy=_CappedHeaders()).parsebytes(data)
         head = "\n".join(f"{h}: {v}" for h in ("Subject", "From", "To", "Date") if (v := _header_text(msg, h)))

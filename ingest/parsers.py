@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from ragsvc.errors import ParseError
+from ragsvc.errors import ParseError, ParseLimitExceeded
 
 log = logging.getLogger(__name__)
 GLUED_WORD_LETTERS = 20
@@ -36,6 +36,22 @@ class Block:
     start: int = 0
     kind: str = "text"  # text, title, list_item, table: tables are kept whole by the chunker
     page_label: str | None = None  # the printed page number, where the PDF defines one
+
+
+@dataclass(frozen=True)
+class DocumentCaps:
+    """Limits on a document's structure, checked before its content is read (ingest/sandbox.py adds
+    the memory, CPU and time limits around the whole parse)."""
+
+    max_pages: int = 5000
+    max_office_xml_bytes: int = 128 * 1024 * 1024
+
+
+def check_pages(n_pages: int, caps: DocumentCaps, what: str = "pages") -> None:
+    if n_pages > caps.max_pages:
+        raise ParseLimitExceeded(
+            f"The document has {n_pages} {what}, more than the limit of {caps.max_pages} (RAGSVC_MAX_PAGES); "
+            "split it into smaller files.", limit="RAGSVC_MAX_PAGES")
 
 
 @dataclass
@@ -70,7 +86,7 @@ def _clean_pdf_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def parse_pdf(data: bytes) -> ParsedDocument:
+def parse_pdf(data: bytes, caps: DocumentCaps = DocumentCaps()) -> ParsedDocument:
     import pypdf
     import pypdfium2 as pdfium
     from pypdf.errors import PdfReadError
@@ -96,6 +112,7 @@ def parse_pdf(data: bytes) -> ParsedDocument:
     glued = words = 0
     n_pages = len(pdf)
     try:
+        check_pages(n_pages, caps)
         toc = _toc(pdf)
         path: list[str] = []
         texts = []
@@ -291,13 +308,18 @@ def _paragraphs(body: str) -> list[str]:
 PARSERS = {"pdf": parse_pdf, "text": parse_text, "markdown": parse_markdown}
 
 
-def parse(kind: str, data: bytes) -> ParsedDocument:
+def parse(kind: str, data: bytes, caps: DocumentCaps = DocumentCaps()) -> ParsedDocument:
+    """Parse in this process. The worker parses through ``ingest.sandbox.parse_in_child`` instead,
+    which runs this under memory, CPU and time limits."""
     if kind in ("docx", "pptx", "html", "eml"):
         # unstructured is heavy to import (spaCy): only when such a document arrives.
         from ingest import office
 
-        return {"docx": office.parse_docx, "pptx": office.parse_pptx, "html": office.parse_html,
-                "eml": office.parse_eml}[kind](data)
+        if kind in ("docx", "pptx"):
+            return {"docx": office.parse_docx, "pptx": office.parse_pptx}[kind](data, caps)
+        return {"html": office.parse_html, "eml": office.parse_eml}[kind](data)
+    if kind == "pdf":
+        return parse_pdf(data, caps)
     try:
         parser = PARSERS[kind]
     except KeyError:

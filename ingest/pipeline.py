@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.chunker import Chunker
-from ingest.parsers import parse
+from ingest.sandbox import ParseLimits, parse_in_child
 from ragsvc.db import Chunk, Document, DocumentStatus
 from ragsvc.embedder import Embedder
 from ragsvc.errors import IngestError
@@ -35,8 +35,9 @@ def content_hash(text: str) -> str:
 
 class Pipeline:
     def __init__(self, sessions: sessionmaker[Session], embedder: Embedder, store: IndexStore,
-                 chunk_tokens: int, files_dir: Path | None = None) -> None:
+                 chunk_tokens: int, files_dir: Path | None = None, parse_limits: ParseLimits | None = None) -> None:
         self.sessions = sessions
+        self.parse_limits = parse_limits or ParseLimits()
         self.embedder = embedder
         self.store = store
         self.chunker = Chunker(embedder, chunk_tokens)
@@ -77,7 +78,10 @@ class Pipeline:
         except OSError as exc:
             raise IngestError(f"The stored file is missing or unreadable ({exc}).") from exc
 
-        parsed = parse(kind, data)
+        # In a child process under memory, CPU and time limits: a hostile file fails alone, with the
+        # limit it hit, and the heartbeat thread keeps the lease meanwhile.
+        parsed = parse_in_child(kind, data, self.parse_limits)
+        del data
         t_parsed = time.perf_counter()
         self._progress(document_id, "chunking", 0.0, pages=parsed.pages)
         chunks = self.chunker.chunk(parsed)

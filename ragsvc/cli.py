@@ -40,6 +40,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.pipeline import Pipeline
+    from ingest.sandbox import ParseLimits
     from ingest.worker import Worker
     from ragsvc.db.migrate import upgrade
     from ragsvc.db.session import make_engine, make_sessionmaker
@@ -53,7 +54,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     sessions = make_sessionmaker(engine)
     embedder = make_embedder(settings)  # the same constructor as the API's (ragsvc/app.py)
     store = make_index_store(settings, embedder.dim)
-    pipeline = Pipeline(sessions, embedder, store, settings.chunk_tokens, settings.files_dir.resolve())
+    pipeline = Pipeline(sessions, embedder, store, settings.chunk_tokens, settings.files_dir.resolve(),
+                        ParseLimits.from_settings(settings))
     worker = Worker(settings, sessions, pipeline, KeywordStore(settings.index_dir))
 
     def _stop(signum, _frame):  # noqa: ANN001

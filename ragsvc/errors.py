@@ -13,6 +13,7 @@
     ├── NotReady                     503  a component (engine, database) is still starting
     └── IngestError                  —    a document cannot be ingested; marks it failed with the reason
         └── ParseError               —    the parser rejected the file (corrupt, encrypted, no text)
+            └── ParseLimitExceeded   —    parsing went past a limit (memory, CPU, time, pages, size)
 
 The HTTP boundary (``ragsvc.api.problems``) turns each into an RFC 9457 problem+json body.
 """
@@ -86,3 +87,13 @@ class IngestError(RagsvcError):
 
 class ParseError(IngestError):
     title = "Document could not be parsed"
+
+
+class ParseLimitExceeded(ParseError):
+    """Parsing the document went past one of its limits; ``limit`` names the setting (``RAGSVC_PARSE_CPU_S``)."""
+
+    title = "Document exceeds a parsing limit"
+
+    def __init__(self, detail: str, limit: str, **extra: object) -> None:
+        super().__init__(detail, limit=limit, **extra)
+        self.limit = limit

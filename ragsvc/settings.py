@@ -98,6 +98,25 @@ class Settings(BaseSettings):
         120.0, description="A claimed job whose worker stops heartbeating for this long is claimed again."
     )
     job_max_attempts: int = Field(3, description="Attempts before a job that keeps crashing its worker is failed.")
+    parse_memory_mb: int = Field(
+        2048, description="Memory a document's parse may use, in MiB: each document is parsed in a child process "
+        "whose address space may grow by this much beyond the parser's own code; past it the document fails "
+        "with a reason naming this limit (docs/security-parsing.md)."
+    )
+    parse_cpu_s: int = Field(
+        300, description="CPU seconds a document's parse may use in its child process; past it the document fails "
+        "with a reason naming this limit (stops parsers that go super-linear on hostile input)."
+    )
+    parse_timeout_s: float = Field(
+        600.0, description="Wall-clock seconds a document's parse may take before its child process is killed and "
+        "the document fails with a reason naming this limit."
+    )
+    max_pages: int = Field(5000, description="Most pages (PDF) or slides (PPTX) a document may have; a longer one "
+                           "fails before its pages are read.")
+    max_office_xml_mb: int = Field(
+        128, description="Most MiB of XML a DOCX or PPTX may unpack to (text and layout; embedded media is not "
+        "counted); a larger one is refused unopened as a zip bomb."
+    )
 
     # --- retrieval ----------------------------------------------------------------
     index_kind: Literal["flat", "ivf"] = Field(
