@@ -3,6 +3,11 @@
 Progress (stage and fraction) is written to the document row as it goes, so
 ``GET /v1/documents/{id}`` shows it. A new version of a document reuses the vectors of chunks whose
 text did not change, and takes the old version's place in the same transaction that makes it ready.
+
+Every write for the job is fenced by the worker's lease (ingest/lease.py): each transaction that writes
+starts with ``lease.check``, and the FAISS writes happen inside the fenced transaction that commits the
+rows, so a worker that lost its lease writes nothing more. Between stages the pipeline stops when the
+heartbeat has found the lease gone.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ import hashlib
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.chunker import Chunker
+from ingest.lease import NO_LEASE, Lease, NoLease
 from ingest.parsers import parse
 from ragsvc.db import Chunk, Document, DocumentStatus
 from ragsvc.embedder import Embedder
@@ -41,10 +49,20 @@ class Pipeline:
         self.chunker = Chunker(embedder, chunk_tokens)
         self.files_dir = files_dir
 
-    def _progress(self, document_id: str, stage: str, fraction: float, **counts: int | None) -> None:
+    @contextmanager
+    def _fenced(self, lease: Lease | NoLease) -> Iterator[Session]:
+        """A session whose transaction first passes the lease's fence; the caller commits, and anything
+        not committed (the fence refused, an error) rolls back when the session closes."""
+        with self.sessions() as session:
+            lease.check(session)
+            yield session
+
+    def _progress(self, document_id: str, stage: str, fraction: float, lease: Lease | NoLease = NO_LEASE,
+                  **counts: int | None) -> None:
         values = {"stage": stage, "progress": round(fraction, 3), **{k: v for k, v in counts.items() if v is not None}}
-        with self.sessions() as session, session.begin():
+        with self._fenced(lease) as session:
             session.execute(update(Document).where(Document.id == document_id).values(**values))
+            session.commit()
 
     def _reusable(self, replaces_id: str | None, collection_id: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """Vectors of the previous version's chunks whose embedded text is unchanged, by content hash."""
@@ -58,8 +76,9 @@ class Pipeline:
         vecs = self.store.vectors(collection_id, [cid for cid, _ in rows])
         return {h: vecs[cid] for cid, h in rows if cid in vecs}
 
-    def process(self, document_id: str) -> dict:
-        """Ingest one document; raises ``IngestError`` with a user-facing reason when it cannot."""
+    def process(self, document_id: str, lease: Lease | NoLease = NO_LEASE) -> dict:
+        """Ingest one document; raises ``IngestError`` with a user-facing reason when it cannot, and
+        ``StaleLease`` (having written nothing more) when the worker no longer holds the job's lease."""
         t0 = time.perf_counter()
         with self.sessions() as session:
             doc = session.get(Document, document_id)
@@ -68,7 +87,7 @@ class Pipeline:
             path, kind, collection_id, replaces_id = (Path(doc.storage_path), doc.kind, doc.collection_id,
                                                       doc.replaces_id)
             old_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == document_id)))
-        self._progress(document_id, "parsing", 0.0)
+        self._progress(document_id, "parsing", 0.0, lease)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -76,7 +95,8 @@ class Pipeline:
 
         parsed = parse(kind, data)
         t_parsed = time.perf_counter()
-        self._progress(document_id, "chunking", 0.0, pages=parsed.pages)
+        lease.raise_if_lost()  # parsing can take minutes: stop here if the lease went meanwhile
+        self._progress(document_id, "chunking", 0.0, lease, pages=parsed.pages)
         chunks = self.chunker.chunk(parsed)
         if not chunks:
             raise IngestError("No text could be extracted from the document.")
@@ -90,18 +110,18 @@ class Pipeline:
         for i, h in enumerate(hashes):
             if h in reuse:
                 vectors[i] = reuse[h]
-        self._progress(document_id, "embedding", 0.0, chunks=len(chunks))
+        self._progress(document_id, "embedding", 0.0, lease, chunks=len(chunks))
         # Sorted by length across the whole document, so every slice pads little (slicing an unsorted
         # list cost 6.5% extra token positions on the Debian Reference); a progress update per slice.
         todo.sort(key=lambda i: chunks[i].token_count)
         for start in range(0, len(todo), EMBED_BATCH):
             batch = todo[start:start + EMBED_BATCH]
             vectors[batch] = self.embedder.embed([inputs[i] for i in batch])
-            self._progress(document_id, "embedding", (start + len(batch)) / len(todo))
+            self._progress(document_id, "embedding", (start + len(batch)) / len(todo), lease)
         t_embedded = time.perf_counter()
-        self._progress(document_id, "indexing", 0.0)
+        self._progress(document_id, "indexing", 0.0, lease)
         replaced = self._commit(document_id, collection_id, replaces_id, chunks, hashes, vectors, old_ids,
-                                parsed, reused=len(chunks) - len(todo))
+                                parsed, reused=len(chunks) - len(todo), lease=lease)
         t_done = time.perf_counter()
         stats = {
             "collection_id": collection_id, "chunks": len(chunks), "pages": parsed.pages, "reused_chunks": len(chunks) - len(todo),
@@ -113,8 +133,11 @@ class Pipeline:
         return stats
 
     def _commit(self, document_id: str, collection_id: str, replaces_id: str | None, chunks: list,
-                hashes: list[str], vectors: np.ndarray, old_ids: list[int], parsed, reused: int) -> str | None:
-        with self.sessions() as session:
+                hashes: list[str], vectors: np.ndarray, old_ids: list[int], parsed, reused: int,
+                lease: Lease | NoLease = NO_LEASE) -> str | None:
+        # Fenced, and the FAISS writes below happen inside this transaction: the fence's UPDATE holds the
+        # job against a re-claim until the commit, so vectors are only written under a lease still held.
+        with self._fenced(lease) as session:
             doc = session.get(Document, document_id)
             if doc is None:
                 raise IngestError("The document was deleted while it was being ingested.")

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         120.0, description="A claimed job whose worker stops heartbeating for this long is claimed again."
     )
     job_max_attempts: int = Field(3, description="Attempts before a job that keeps crashing its worker is failed.")
+    job_heartbeat_failures: int = Field(
+        3, ge=1, description="Lease renewals (every third of `RAGSVC_JOB_LEASE_S`) that may fail in a row before a "
+        "worker stops its job and leaves it to be claimed again; a worker whose job was re-claimed stops at once."
+    )
 
     # --- retrieval ----------------------------------------------------------------
     index_kind: Literal["flat", "ivf"] = Field(
