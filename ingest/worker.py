@@ -65,7 +65,6 @@ class Worker:
             ).first()
             if job is None:
                 return None
-            # Read before the UPDATE below, which refreshes the loaded object.
             job_id, attempt, was_running, expired_at = job.id, job.attempts + 1, job.status == JobStatus.RUNNING, \
                 job.lease_expires_at
             if job.attempts >= self.settings.job_max_attempts:
@@ -85,6 +84,8 @@ class Worker:
                        or_(Job.status == JobStatus.QUEUED, Job.lease_expires_at < now))
                 .values(status=JobStatus.RUNNING, lease_owner=self.worker_id,
                         lease_expires_at=now + lease_len, attempts=job.attempts + 1)
+                # Not evaluated against the loaded object in Python: SQLite hands back naive datetimes.
+                .execution_options(synchronize_session=False)
             ).rowcount
             if not won:
                 return "retired"  # another worker got it first; look again
