@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections import defaultdict
 from datetime import timedelta, timezone
 
@@ -218,7 +219,8 @@ def test_three_workers_share_200_documents_with_one_killed_halfway(tmp_path):
         killed = workers[0]
         try:
             wait_for(lambda: ready_count() >= n // 2, 600, "half the documents")
-            os.killpg(killed.pid, signal.SIGKILL)
+            wait_for(lambda: _freeze_holding_a_job(killed, sessions), 120, "the worker to be caught holding a job")
+            os.killpg(killed.pid, signal.SIGKILL)  # mid-document: its job must be claimed again
             killed.wait()
             wait_for(all_done, 600, "every job")
         finally:
@@ -263,6 +265,19 @@ def test_three_workers_share_200_documents_with_one_killed_halfway(tmp_path):
                 assert earlier.outcome == "lost" and earlier.worker == worker_id(killed), (job_id, earlier.outcome)
                 assert aware(earlier.ended_at) <= aware(later.started_at)
                 assert aware(later.started_at) - aware(earlier.started_at) >= timedelta(seconds=10)  # lease ran out
+        assert any(a.outcome == "lost" for a in attempts), "the killed worker's job was claimed again"
         workers_seen = {a.worker for a in attempts}
         assert workers_seen == {worker_id(w) for w in workers}, "all three workers took jobs"
         engine.dispose()
+
+
+def _freeze_holding_a_job(proc: subprocess.Popen, sessions) -> bool:
+    """SIGSTOP the worker; keep it stopped if it holds a running job, else resume it and say no."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    with sessions() as s:
+        held = s.scalar(select(func.count()).select_from(Job).where(
+            Job.status == "running", Job.lease_owner == worker_id(proc)))
+    if not held:
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    return bool(held)
