@@ -130,7 +130,10 @@ class Worker:
         """Mark the job done or failed (and the document failed with the reason), fenced by the lease."""
         now = utcnow()
         with self.sessions() as session:
-            lease.check(session)
+            # The database's word only, not the heartbeat's: a document committed ready while renewals
+            # failed (a long index write holding SQLite's lock) is still finished by the lease's owner.
+            if not lease.renew(session):
+                raise StaleLease("another worker re-claimed the job after this worker's lease expired")
             session.execute(update(Job).where(Job.id == lease.job_id).values(
                 status=JobStatus.FAILED if error else JobStatus.DONE, error=error, lease_expires_at=None))
             if error:
@@ -185,7 +188,8 @@ class Worker:
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(lease, done), daemon=True)
         beat.start()
-        error = None
+        error = stale = None
+        requeue = False
         try:
             stats = self.pipeline.process(document_id, lease)
             for stage in ("parse", "chunk", "embed", "store"):
@@ -196,9 +200,7 @@ class Worker:
             if not self._more_queued(stats["collection_id"]):
                 self.flush_keywords()
         except StaleLease as exc:
-            self._stop_beating(done, beat, token)
-            self._abandon(lease, document_id, str(exc))
-            return True
+            stale = str(exc)
         except IngestError as exc:
             error = exc.detail
             log.warning("document %s failed: %s", document_id, error)
@@ -211,28 +213,29 @@ class Worker:
                 # back once the database answers again; the next claim redoes it (chunks are not doubled).
                 log.warning("database connection lost while ingesting %s; requeueing it when it is back",
                             document_id)
-                self._stop_beating(done, beat, token)
-                self._requeue(lease)
-                return True
+                requeue = True
         except Exception as exc:  # noqa: BLE001 - the document fails with the reason; the worker goes on
             error = f"Unexpected error while ingesting ({type(exc).__name__}: {exc})."
             log.exception("document %s failed unexpectedly", document_id)
         finally:
-            self._stop_beating(done, beat, token)
-        if error:
-            INGESTED.labels("failed").inc()
-        try:
-            self._finish(lease, document_id, error)
-        except StaleLease as exc:
-            self._abandon(lease, document_id, str(exc))
-        return True
-
-    @staticmethod
-    def _stop_beating(done: threading.Event, beat: threading.Thread, token) -> None:
-        if not done.is_set():
             done.set()
             beat.join()
-            request_id.reset(token)
+        try:
+            if requeue:
+                self._requeue(lease)
+                return True
+            if stale is None:
+                if error:
+                    INGESTED.labels("failed").inc()
+                try:
+                    self._finish(lease, document_id, error)
+                    return True
+                except StaleLease as exc:
+                    stale = str(exc)
+            self._abandon(lease, document_id, stale)
+            return True
+        finally:
+            request_id.reset(token)  # after the abandon line, which carries the upload's request id too
 
     def _requeue(self, lease: Lease) -> None:
         """Give the job back (the attempt does not count), retrying until the database answers; fenced,

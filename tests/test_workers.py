@@ -121,6 +121,10 @@ def test_worker_stopped_past_its_lease_writes_nothing_after_another_took_over(tm
     assert [(a.attempt, a.worker) for a in history] == [(1, worker_id(first)), (2, worker_id(second))]
     assert history[0].outcome in ("lost", "abandoned") and history[1].outcome == "done"
     assert aware(history[0].ended_at) <= aware(history[1].started_at)
+    # What GET /v1/jobs shows of it.
+    listed = next(j for j in svc.jobs() if j["id"] == job.id)
+    assert [(h["attempt"], h["outcome"]) for h in listed["history"]] == [(1, history[0].outcome), (2, "done")]
+    assert listed["history"][1]["worker"] == worker_id(second) and listed["history"][1]["ended_at"]
     log = (tmp_path / "first.log").read_text()
     assert f"lease lost on job {job.id} (attempt 1); abandoning it" in log
     engine.dispose()
