@@ -285,3 +285,19 @@ def _freeze_holding_a_job(proc: subprocess.Popen, sessions) -> bool:
         os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(0.05)
     return bool(held)
+
+
+def test_jobs_api_lists_each_jobs_history(tmp_path):
+    """GET /v1/jobs over HTTP: each job with its attempts (worker, start, end, outcome)."""
+    from tests.conftest import start_service, stop_service
+
+    svc = start_service(tmp_path, None, "sqlite", engine=False)
+    try:
+        doc = svc.upload([("heron.txt", b"A heron stands in the reeds by the pier.")]).json()["documents"][0]
+        assert svc.wait_done(doc["id"], 300)["status"] == "ready"
+        job = next(j for j in svc.client.get("/v1/jobs").json()["jobs"] if j["document_id"] == doc["id"])
+    finally:
+        stop_service(svc)
+    [attempt] = job["history"]
+    assert attempt["attempt"] == 1 and attempt["outcome"] == "done" and attempt["error"] is None
+    assert attempt["worker"] and attempt["started_at"] <= attempt["ended_at"]
