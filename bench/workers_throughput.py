@@ -1,7 +1,7 @@
 """Ingestion throughput with 1, 2 and 3 ``ragsvc worker`` processes sharing one PostgreSQL queue.
 
-    python bench/workers_throughput.py            # N=200 documents per run
-    python bench/workers_throughput.py --docs 100 --workers 1 2 3
+    python bench/workers_throughput.py            # 200 small notes (4 chunks each) per run
+    python bench/workers_throughput.py --docs 12 --sections 120 --out bench/results/workers_throughput_large.json
 
 For each worker count: a fresh PostgreSQL database, the same N queued Markdown notes (a few chunks
 each), that many workers started together. Throughput is counted from the job history
@@ -31,10 +31,10 @@ WORDS = ("harbour crane ferry lighthouse tide pier anchor rope gull kestrel hero
          "chart compass mast sail keel hull deck cabin galley").split()
 
 
-def note(i: int) -> bytes:
-    """About 600 words under three headings: three to five chunks, all different."""
+def note(i: int, sections: int = 3) -> bytes:
+    """About 200 words per heading (three headings: four chunks), all different."""
     parts = [f"# Logbook {i}\n"]
-    for h in range(3):
+    for h in range(sections):
         parts.append(f"\n## Watch {h}\n\n")
         parts.append(" ".join(
             f"At {(i + s) % 24} hours the {WORDS[(i * 7 + s + h) % len(WORDS)]} passed the "
@@ -52,7 +52,22 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run(n_docs: int, n_workers: int, tmp: Path) -> dict:
+def stage_medians(logs: list[Path]) -> dict[str, float]:
+    """Median seconds per document of each stage, from the workers' "ingested <id>: {stats}" lines."""
+    import ast
+    import statistics
+
+    per_stage: dict[str, list[float]] = {}
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            if "ingest.pipeline: ingested " in line:
+                stats = ast.literal_eval(line[line.index("{", line.index("ingested ")):])
+                for key in ("parse_s", "chunk_s", "embed_s", "store_s"):
+                    per_stage.setdefault(key, []).append(stats[key])
+    return {k: round(statistics.median(v), 3) for k, v in per_stage.items()}
+
+
+def run(n_docs: int, n_workers: int, tmp: Path, sections: int) -> dict:
     import psycopg
     from sqlalchemy import func, select
 
@@ -75,7 +90,7 @@ def run(n_docs: int, n_workers: int, tmp: Path) -> dict:
         engine = make_engine(url)
         sessions = make_sessionmaker(engine)
         DocumentService(settings, sessions, IndexStore(settings.index_dir, 384)).create(
-            "bench", [Upload(f"log-{i:04d}.md", note(i)) for i in range(n_docs)])
+            "bench", [Upload(f"log-{i:04d}.md", note(i, sections)) for i in range(n_docs)])
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSVC_")} | {
             "RAGSVC_DATABASE_URL": url, "RAGSVC_DATA_DIR": str(work / "data"),
             "RAGSVC_INDEX_DIR": str(work / "indexes"), "RAGSVC_WORKER_POLL_S": "0.2",
@@ -101,10 +116,11 @@ def run(n_docs: int, n_workers: int, tmp: Path) -> dict:
             per_worker = dict(s.execute(select(JobAttempt.worker, func.count()).group_by(JobAttempt.worker)).all())
         engine.dispose()
         busy = (last - first).total_seconds()
+        stages = stage_medians([work / f"worker{k}.log" for k in range(n_workers)])
         return {"workers": n_workers, "documents": n_docs, "chunks": chunks, "failed": failed,
                 "seconds_first_claim_to_last_finish": round(busy, 2), "seconds_wall_with_startup": round(wall, 2),
                 "documents_per_s": round(n_docs / busy, 2), "chunks_per_s": round(chunks / busy, 1),
-                "jobs_per_worker": sorted(per_worker.values())}
+                "jobs_per_worker": sorted(per_worker.values()), "median_stage_s_per_document": stages}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -122,12 +138,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=200)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--sections", type=int, default=3, help="headed sections per document (~1.3 chunks each)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "workers_throughput.json")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="ragsvc-workers-") as tmp:
         for k in args.workers:
-            r = run(args.docs, k, Path(tmp))
+            r = run(args.docs, k, Path(tmp), args.sections)
             print(json.dumps(r), flush=True)
             results.append(r)
     base = results[0]["documents_per_s"]
