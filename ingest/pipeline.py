@@ -11,7 +11,9 @@ import hashlib
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
@@ -19,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.chunker import Chunker
+from ingest.lease import NO_LEASE, Lease, NoLease
 from ingest.sandbox import ParseLimits, parse_in_child
 from ragsvc.db import Chunk, Document, DocumentStatus
 from ragsvc.embedder import Embedder
@@ -43,10 +46,21 @@ class Pipeline:
         self.chunker = Chunker(embedder, chunk_tokens)
         self.files_dir = files_dir
 
-    def _progress(self, document_id: str, stage: str, fraction: float, **counts: int | None) -> None:
+    @contextmanager
+    def _fenced(self, lease: Lease | NoLease) -> Iterator[Session]:
+        """A session whose transaction starts with the lease check (``StaleLease`` if the job is gone).
+        Whatever the caller writes before committing is fenced by that check; anything not committed
+        (the fence refused, an error) rolls back when the session closes."""
+        with self.sessions() as session:
+            lease.check(session)
+            yield session
+
+    def _progress(self, document_id: str, stage: str, fraction: float, lease: Lease | NoLease = NO_LEASE,
+                  **counts: int | None) -> None:
         values = {"stage": stage, "progress": round(fraction, 3), **{k: v for k, v in counts.items() if v is not None}}
-        with self.sessions() as session, session.begin():
+        with self._fenced(lease) as session:
             session.execute(update(Document).where(Document.id == document_id).values(**values))
+            session.commit()
 
     def _reusable(self, replaces_id: str | None, collection_id: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """Vectors of the previous version's chunks whose embedded text is unchanged, by content hash."""
@@ -63,8 +77,9 @@ class Pipeline:
         vecs = self.store.vectors(collection_id, [cid for cid, _ in rows])
         return {h: vecs[cid] for cid, h in rows if cid in vecs}
 
-    def process(self, document_id: str) -> dict:
-        """Ingest one document; raises ``IngestError`` with a user-facing reason when it cannot."""
+    def process(self, document_id: str, lease: Lease | NoLease = NO_LEASE) -> dict:
+        """Ingest one document; raises ``IngestError`` with a user-facing reason when it cannot, and
+        ``StaleLease`` (having written nothing more) when the worker no longer holds the job's lease."""
         t0 = time.perf_counter()
         with self.sessions() as session:
             doc = session.get(Document, document_id)
@@ -72,7 +87,7 @@ class Pipeline:
                 raise IngestError("The document was deleted before it could be ingested.")
             path, kind, collection_id, replaces_id = (Path(doc.storage_path), doc.kind, doc.collection_id,
                                                       doc.replaces_id)
-        self._progress(document_id, "parsing", 0.0)
+        self._progress(document_id, "parsing", 0.0, lease)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -83,7 +98,8 @@ class Pipeline:
         parsed = parse_in_child(kind, data, self.parse_limits)
         del data
         t_parsed = time.perf_counter()
-        self._progress(document_id, "chunking", 0.0, pages=parsed.pages)
+        lease.raise_if_lost()  # parsing can take minutes: stop here if the lease went meanwhile
+        self._progress(document_id, "chunking", 0.0, lease, pages=parsed.pages)
         chunks = self.chunker.chunk(parsed)
         if not chunks:
             raise IngestError("No text could be extracted from the document.")
@@ -97,18 +113,18 @@ class Pipeline:
         for i, h in enumerate(hashes):
             if h in reuse:
                 vectors[i] = reuse[h]
-        self._progress(document_id, "embedding", 0.0, chunks=len(chunks))
+        self._progress(document_id, "embedding", 0.0, lease, chunks=len(chunks))
         # Sorted by length across the whole document, so every slice pads little (slicing an unsorted
         # list cost 6.5% extra token positions on the Debian Reference); a progress update per slice.
         todo.sort(key=lambda i: chunks[i].token_count)
         for start in range(0, len(todo), EMBED_BATCH):
             batch = todo[start:start + EMBED_BATCH]
             vectors[batch] = self.embedder.embed([inputs[i] for i in batch])
-            self._progress(document_id, "embedding", (start + len(batch)) / len(todo))
+            self._progress(document_id, "embedding", (start + len(batch)) / len(todo), lease)
         t_embedded = time.perf_counter()
-        self._progress(document_id, "indexing", 0.0)
+        self._progress(document_id, "indexing", 0.0, lease)
         replaced = self._commit(document_id, collection_id, replaces_id, chunks, hashes, vectors, parsed,
-                                reused=len(chunks) - len(todo))
+                                reused=len(chunks) - len(todo), lease=lease)
         t_done = time.perf_counter()
         stats = {
             "collection_id": collection_id, "chunks": len(chunks), "pages": parsed.pages, "reused_chunks": len(chunks) - len(todo),
@@ -120,7 +136,8 @@ class Pipeline:
         return stats
 
     def _commit(self, document_id: str, collection_id: str, replaces_id: str | None, chunks: list,
-                hashes: list[str], vectors: np.ndarray, parsed, reused: int) -> str | None:
+                hashes: list[str], vectors: np.ndarray, parsed, reused: int,
+                lease: Lease | NoLease = NO_LEASE) -> str | None:
         """Rows, then vectors, then "ready": three steps, so the index never holds a vector whose row
         was never committed (issue 12, item 3).
 
@@ -135,22 +152,32 @@ class Pipeline:
         A crash between 1 and 3 leaves rows that are not ready, with or without their vectors: the
         retried job replaces both, and ``ragsvc index check --repair`` removes vectors whose rows never
         became ready.
+
+        Each step is fenced by the job's lease (issue 20, item 2), the index write included: it runs
+        inside a transaction whose first statement is the lease check, and that check's UPDATE holds
+        the job against a re-claim until the commit (PostgreSQL locks the job row, SQLite the
+        database). So a worker that lost its lease writes no rows, no vectors and no "ready"; vectors it
+        wrote before losing it belong to rows that the next attempt deletes, with their vectors, in its
+        step 1.
         """
-        ids, stale = self._write_rows(document_id, chunks, hashes)
+        ids, stale = self._write_rows(document_id, chunks, hashes, lease)
         try:
-            self.store.remove(collection_id, stale)  # what an earlier attempt of this job left behind
-            self.store.add(collection_id, ids, vectors)
+            with self._fenced(lease) as session:
+                self.store.remove(collection_id, stale)  # what an earlier attempt of this job left behind
+                self.store.add(collection_id, ids, vectors)
+                session.commit()  # ends the fence's transaction: the lease was held throughout
         except OSError as exc:
             # The index is written aside and renamed, so the served one is still whole; the rows stay
             # not ready and the retried upload replaces them.
             raise IngestError(f"The search index could not be written ({exc.strerror or exc}: "
                               f"{exc.filename or 'index folder'}); the served index is unchanged. Free "
                               "space or fix the index folder's permissions, then upload the file again.") from exc
-        return self._make_ready(document_id, collection_id, replaces_id, ids, parsed, reused)
+        return self._make_ready(document_id, collection_id, replaces_id, ids, parsed, reused, lease)
 
-    def _write_rows(self, document_id: str, chunks: list, hashes: list[str]) -> tuple[list[int], list[int]]:
+    def _write_rows(self, document_id: str, chunks: list, hashes: list[str],
+                    lease: Lease | NoLease) -> tuple[list[int], list[int]]:
         """Commit the chunk rows of a not-yet-ready document; returns (their ids, ids of rows they replaced)."""
-        with self.sessions() as session:
+        with self._fenced(lease) as session:
             doc = session.get(Document, document_id, with_for_update=True)
             if doc is None:
                 raise IngestError("The document was deleted while it was being ingested.")
@@ -176,8 +203,8 @@ class Pipeline:
             return [r.id for r in rows], stale
 
     def _make_ready(self, document_id: str, collection_id: str, replaces_id: str | None, ids: list[int],
-                    parsed, reused: int) -> str | None:
-        with self.sessions() as session:
+                    parsed, reused: int, lease: Lease | NoLease) -> str | None:
+        with self._fenced(lease) as session:
             # PostgreSQL: lock the old version before this one, the order a delete of the old version
             # takes them in (its ON DELETE SET NULL touches this row), so the two cannot deadlock.
             old = session.get(Document, replaces_id, with_for_update=True) if replaces_id else None

@@ -3,6 +3,11 @@
 Claims use ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of workers can share the
 queue; SQLite ignores the lock clause and the conditional UPDATE keeps a claim exclusive. A job whose
 lease expired (its worker died) is claimed again; after ``job_max_attempts`` it fails for good.
+
+A claim hands the worker a :class:`~ingest.lease.Lease` (job id, attempt number, worker id): every write
+for the job, the pipeline's and the finish, is fenced by it, so a worker that stalled past its lease
+and was replaced writes nothing more; it logs that it abandons the job and moves on. Each claim and its
+end are recorded in ``job_attempts`` (the queue's history: who worked on a job, when, with what outcome).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ingest.lease import Lease, StaleLease
 from ingest.pipeline import Pipeline
-from ragsvc.db import Document, DocumentStatus, Job, JobStatus
+from ragsvc.db import AttemptOutcome, Document, DocumentStatus, Job, JobAttempt, JobStatus
 from ragsvc.db.models import utcnow
 from ragsvc.errors import IngestError
 from ragsvc.keyword_index import KeywordStore, rebuild_from_db
@@ -39,16 +45,16 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.stop = threading.Event()
 
-    def claim(self) -> tuple[int, str, str | None] | None:
-        """Claim the oldest runnable job; returns (job id, document id) or None when there is none."""
+    def claim(self) -> tuple[Lease, str, str | None] | None:
+        """Claim the oldest runnable job; returns (lease, document id, request id) or None when there is none."""
         while True:
             outcome = self._claim_once()
             if outcome != "retired":
                 return outcome
 
-    def _claim_once(self) -> tuple[int, str, str | None] | None | str:
+    def _claim_once(self) -> tuple[Lease, str, str | None] | None | str:
         now = utcnow()
-        lease = timedelta(seconds=self.settings.job_lease_s)
+        lease_len = timedelta(seconds=self.settings.job_lease_s)
         with self.sessions() as session, session.begin():
             job = session.scalars(
                 select(Job)
@@ -59,7 +65,11 @@ class Worker:
             ).first()
             if job is None:
                 return None
+            job_id, attempt, was_running, expired_at = job.id, job.attempts + 1, job.status == JobStatus.RUNNING, \
+                job.lease_expires_at
             if job.attempts >= self.settings.job_max_attempts:
+                if was_running:
+                    self._close_lost(session, job_id, expired_at, now)
                 # Its workers kept dying (a crash or a kill each time): stop trying, say why, move on.
                 reason = (f"Ingestion was attempted {job.attempts} times and the worker stopped each time "
                           "(crash or kill) before finishing.")
@@ -69,35 +79,86 @@ class Worker:
                 return "retired"
             won = session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.status == job.status, Job.attempts == job.attempts)
+                # The lease condition again: a worker renewing meanwhile (SQLite has no row lock) keeps its job.
+                .where(Job.id == job_id, Job.status == job.status, Job.attempts == job.attempts,
+                       or_(Job.status == JobStatus.QUEUED, Job.lease_expires_at < now))
                 .values(status=JobStatus.RUNNING, lease_owner=self.worker_id,
-                        lease_expires_at=now + lease, attempts=job.attempts + 1)
+                        lease_expires_at=now + lease_len, attempts=job.attempts + 1)
+                # Not evaluated against the loaded object in Python: SQLite hands back naive datetimes.
+                .execution_options(synchronize_session=False)
             ).rowcount
             if not won:
                 return "retired"  # another worker got it first; look again
+            if was_running:
+                self._close_lost(session, job_id, expired_at, now)
             session.execute(update(Document).where(Document.id == job.document_id)
                             .values(status=DocumentStatus.PROCESSING, error=None))
-            return job.id, job.document_id, job.request_id
+            session.add(JobAttempt(job_id=job_id, attempt=attempt, worker=self.worker_id, started_at=now))
+            return Lease(job_id, attempt, self.worker_id, self.settings.job_lease_s), job.document_id, job.request_id
 
-    def _heartbeat(self, job_id: int, done: threading.Event) -> None:
+    def _close_lost(self, session: Session, job_id: int, expired_at, now) -> None:
+        """A running job whose lease expired: its worker died, or stalled and will find itself fenced out.
+        Close that attempt in the history at this claim, so attempts of one job never overlap there."""
+        session.execute(
+            update(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.ended_at.is_(None))
+            .values(ended_at=now, outcome=AttemptOutcome.LOST,
+                    error=f"lease expired at {expired_at.isoformat()}; claimed again by {self.worker_id}"))
+
+    def _heartbeat(self, lease: Lease, done: threading.Event) -> None:
+        """Renew the lease every third of its length. The lease is lost, and the pipeline stops at its next
+        checkpoint, when another worker holds the job now or after ``job_heartbeat_failures`` beats in a
+        row failed (the database unreachable: the lease runs out and someone else will take the job)."""
         interval = max(1.0, self.settings.job_lease_s / 3)
+        failures = 0
         while not done.wait(interval):
             try:
                 with self.sessions() as session, session.begin():
-                    session.execute(
-                        update(Job).where(Job.id == job_id, Job.lease_owner == self.worker_id)
-                        .values(lease_expires_at=utcnow() + timedelta(seconds=self.settings.job_lease_s))
-                    )
-            except Exception:  # noqa: BLE001 - a missed beat only risks a re-claim, never data
-                log.exception("heartbeat for job %s failed", job_id)
+                    held = lease.renew(session)
+            except Exception as exc:  # noqa: BLE001 - counted; enough in a row stop the job
+                failures += 1
+                log.warning("heartbeat for %s failed (%d in a row): %s", lease, failures, exc)
+                if failures >= self.settings.job_heartbeat_failures:
+                    lease.give_up(f"{failures} heartbeats in a row failed (last: {type(exc).__name__}: {exc})")
+                    return
+                continue
+            failures = 0
+            if not held:
+                lease.give_up("another worker re-claimed the job after this worker's lease expired")
+                return
 
-    def _finish(self, job_id: int, document_id: str, error: str | None) -> None:
-        with self.sessions() as session, session.begin():
-            session.execute(update(Job).where(Job.id == job_id).values(
+    def _finish(self, lease: Lease, document_id: str, error: str | None) -> None:
+        """Mark the job done or failed (and the document failed with the reason), fenced by the lease."""
+        now = utcnow()
+        with self.sessions() as session:
+            # The database's word only, not the heartbeat's: a document committed ready while renewals
+            # failed (a long index write holding SQLite's lock) is still finished by the lease's owner.
+            if not lease.renew(session):
+                raise StaleLease("another worker re-claimed the job after this worker's lease expired")
+            session.execute(update(Job).where(Job.id == lease.job_id).values(
                 status=JobStatus.FAILED if error else JobStatus.DONE, error=error, lease_expires_at=None))
             if error:
                 session.execute(update(Document).where(Document.id == document_id)
                                 .values(status=DocumentStatus.FAILED, error=error, stage=None))
+            self._end_attempt(session, lease, AttemptOutcome.FAILED if error else AttemptOutcome.DONE, error, now)
+            session.commit()
+
+    @staticmethod
+    def _end_attempt(session: Session, lease: Lease, outcome: str, error: str | None, now) -> None:
+        session.execute(update(JobAttempt).where(
+            JobAttempt.job_id == lease.job_id, JobAttempt.attempt == lease.attempt,
+            JobAttempt.worker == lease.owner, JobAttempt.ended_at.is_(None),
+        ).values(ended_at=now, outcome=outcome, error=error))
+
+    def _abandon(self, lease: Lease, document_id: str, reason: str) -> None:
+        """Leave the job to whoever holds it now: write nothing to it or its document, only close this
+        attempt in the history (unless the new owner closed it already, as ``lost``)."""
+        log.warning("lease lost on job %s (attempt %s); abandoning it: %s (document %s)",
+                    lease.job_id, lease.attempt, reason, document_id)
+        try:
+            with self.sessions() as session, session.begin():
+                self._end_attempt(session, lease, AttemptOutcome.ABANDONED, reason, utcnow())
+        except Exception:  # noqa: BLE001 - the history only; the next claim closes the attempt as lost
+            log.warning("could not record the abandoned attempt of job %s", lease.job_id, exc_info=True)
 
     def _more_queued(self, collection_id: str) -> bool:
         with self.sessions() as session:
@@ -122,14 +183,15 @@ class Worker:
         if claimed is None:
             self.flush_keywords()
             return False
-        job_id, document_id, rid = claimed
+        lease, document_id, rid = claimed
         token = request_id.set(rid)  # the upload's request id, in every log line about this document
         done = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job_id, done), daemon=True)
+        beat = threading.Thread(target=self._heartbeat, args=(lease, done), daemon=True)
         beat.start()
-        error = None
+        error = stale = None
+        requeue = False
         try:
-            stats = self.pipeline.process(document_id)
+            stats = self.pipeline.process(document_id, lease)
             for stage in ("parse", "chunk", "embed", "store"):
                 STAGE_SECONDS.labels(stage).observe(stats[f"{stage}_s"])
             INGESTED.labels("ready").inc()
@@ -137,6 +199,8 @@ class Worker:
             # Rebuild now unless more of this collection's documents are queued (bulk uploads rebuild once).
             if not self._more_queued(stats["collection_id"]):
                 self.flush_keywords()
+        except StaleLease as exc:
+            stale = str(exc)
         except IngestError as exc:
             error = exc.detail
             log.warning("document %s failed: %s", document_id, error)
@@ -149,31 +213,42 @@ class Worker:
                 # back once the database answers again; the next claim redoes it (chunks are not doubled).
                 log.warning("database connection lost while ingesting %s; requeueing it when it is back",
                             document_id)
-                done.set()
-                beat.join()
-                request_id.reset(token)
-                self._requeue(job_id)
-                return True
+                requeue = True
         except Exception as exc:  # noqa: BLE001 - the document fails with the reason; the worker goes on
             error = f"Unexpected error while ingesting ({type(exc).__name__}: {exc})."
             log.exception("document %s failed unexpectedly", document_id)
         finally:
             done.set()
             beat.join()
-            request_id.reset(token)
-        if error:
-            INGESTED.labels("failed").inc()
-        self._finish(job_id, document_id, error)
-        return True
+        try:
+            if requeue:
+                self._requeue(lease)
+                return True
+            if stale is None:
+                if error:
+                    INGESTED.labels("failed").inc()
+                try:
+                    self._finish(lease, document_id, error)
+                    return True
+                except StaleLease as exc:
+                    stale = str(exc)
+            self._abandon(lease, document_id, stale)
+            return True
+        finally:
+            request_id.reset(token)  # after the abandon line, which carries the upload's request id too
 
-    def _requeue(self, job_id: int) -> None:
-        """Give the job back (the attempt does not count), retrying until the database answers."""
+    def _requeue(self, lease: Lease) -> None:
+        """Give the job back (the attempt does not count), retrying until the database answers; fenced,
+        so a job another worker took meanwhile stays with it."""
         while not self.stop.is_set():
             try:
                 with self.sessions() as session, session.begin():
-                    session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == self.worker_id).values(
-                        status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
-                        attempts=Job.attempts - 1))
+                    session.execute(update(Job).where(
+                        Job.id == lease.job_id, Job.attempts == lease.attempt, Job.lease_owner == self.worker_id,
+                        Job.status == JobStatus.RUNNING,
+                    ).values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                             attempts=Job.attempts - 1))
+                    self._end_attempt(session, lease, AttemptOutcome.REQUEUED, "database connection lost", utcnow())
                 return
             except DBAPIError:
                 log.warning("database still unreachable; retrying in %.0f s", self.settings.worker_poll_s)

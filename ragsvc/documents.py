@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ragsvc.db import Chunk, Collection, Document, DocumentStatus, Job
+from ragsvc.db import Chunk, Collection, Document, DocumentStatus, Job, JobAttempt
 from ragsvc.errors import Conflict, InvalidInput, NotFound
 from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
@@ -252,10 +252,19 @@ class DocumentService:
                 q = q.where(Job.status == status)
             if collection:
                 q = q.where(Collection.name == collection)
+            rows = session.execute(q).all()
+            history: dict[int, list[dict]] = {}
+            if rows:
+                for a in session.scalars(select(JobAttempt).where(JobAttempt.job_id.in_([r[0].id for r in rows]))
+                                         .order_by(JobAttempt.id)):
+                    history.setdefault(a.job_id, []).append(
+                        {"attempt": a.attempt, "worker": a.worker, "started_at": _iso(a.started_at),
+                         "ended_at": _iso(a.ended_at), "outcome": a.outcome, "error": a.error})
             return [
                 {"id": j.id, "document_id": j.document_id, "collection": coll, "filename": fn, "status": j.status,
                  "stage": stage, "progress": progress, "attempts": j.attempts, "worker": j.lease_owner,
                  "lease_expires_at": _iso(j.lease_expires_at), "error": j.error,
-                 "created_at": _iso(j.created_at), "updated_at": _iso(j.updated_at)}
-                for j, fn, stage, progress, coll in session.execute(q).all()
+                 "created_at": _iso(j.created_at), "updated_at": _iso(j.updated_at),
+                 "history": history.get(j.id, [])}
+                for j, fn, stage, progress, coll in rows
             ]

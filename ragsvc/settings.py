@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         120.0, description="A claimed job whose worker stops heartbeating for this long is claimed again."
     )
     job_max_attempts: int = Field(3, description="Attempts before a job that keeps crashing its worker is failed.")
+    job_heartbeat_failures: int = Field(
+        3, ge=1, description="Lease renewals (every third of `RAGSVC_JOB_LEASE_S`) that may fail in a row before a "
+        "worker stops its job and leaves it to be claimed again; a worker whose job was re-claimed stops at once."
+    )
     parse_memory_mb: int = Field(
         2048, description="Memory a document's parse may use, in MiB: each document is parsed in a child process "
         "whose address space may grow by this much beyond the parser's own code; past it the document fails "

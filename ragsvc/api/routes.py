@@ -134,7 +134,8 @@ class CollectionController(Controller):
 @get("/v1/jobs", sync_to_thread=True, tags=["documents"])
 def list_jobs(documents: DocumentService, principal: Principal, status: str | None = None,
               limit: int = 200) -> dict:
-    """The ingestion queue, newest first: status, stage, progress, attempts, worker."""
+    """The ingestion queue, newest first: status, stage, progress, attempts, worker, and each job's
+    history of attempts (worker, start, end, outcome: done, failed, lost, abandoned or requeued)."""
     return {"jobs": documents.jobs(status, limit, principal.collection)}
 
 

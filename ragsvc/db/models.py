@@ -121,6 +121,35 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
+class AttemptOutcome:
+    DONE = "done"  # the document was ingested (ready)
+    FAILED = "failed"  # the document failed with a reason the user sees
+    LOST = "lost"  # another worker re-claimed the job after this attempt's lease expired
+    ABANDONED = "abandoned"  # the worker noticed it no longer held the lease and stopped
+    REQUEUED = "requeued"  # the database went away; the job was put back without counting the attempt
+
+
+class JobAttempt(Base):
+    """One claim of a job by one worker, from claim to its end: the queue's history.
+
+    Written when a worker claims a job and when the attempt ends; an attempt whose worker died is
+    closed (``lost``) by the worker that claims the job next. ``attempt`` is the job's ``attempts`` at
+    the claim, the fencing token the worker holds; a requeued attempt does not count, so its number
+    is used again by the next claim.
+    """
+
+    __tablename__ = "job_attempts"
+
+    id: Mapped[int] = mapped_column(ChunkId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    outcome: Mapped[str | None] = mapped_column(String(16), default=None)  # None while it runs
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
 class ApiKey(Base):
     """An API key: only its SHA-256 is stored (keys are 256-bit random, so a slow hash adds nothing).
 
