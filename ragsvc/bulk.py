@@ -23,7 +23,7 @@ BATCH_BYTES = 32 * 1024 * 1024
 @dataclass
 class Summary:
     new: int = 0  # ready, at a path the collection did not have
-    versions: int = 0  # ready, replacing the document at the same path
+    versions: list[tuple[str, str]] = field(default_factory=list)  # ready, replacing (file, old document id)
     duplicate: int = 0  # the same bytes at the same path: nothing to do
     failed: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
@@ -87,7 +87,7 @@ def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api
     summary = Summary()
     files = find_files(paths, summary.refused)
     started = time.time()
-    pending: dict[str, tuple[str, bool]] = {}  # document id -> (file, is a new version)
+    pending: dict[str, tuple[str, str | None]] = {}  # document id -> (file, id of the version it replaces)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=url.rstrip("/"), timeout=600, headers=headers) as client:
         for batch in _batches(files):
@@ -106,11 +106,11 @@ def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api
             _track(resp.json()["documents"], batch, pending, summary)
         total = summary.duplicate + len(pending)  # every accepted file; duplicates are done already
         while pending:
-            for doc_id, (name, version) in list(pending.items()):
+            for doc_id, (name, replaces) in list(pending.items()):
                 doc = client.get(f"/v1/documents/{doc_id}").json()
                 if doc.get("status") == "ready":
-                    if version:
-                        summary.versions += 1
+                    if replaces:
+                        summary.versions.append((name, replaces))
                     else:
                         summary.new += 1
                     summary.pages += doc.get("pages") or 0
@@ -125,17 +125,21 @@ def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api
     return summary
 
 
-def _track(docs: list[dict], batch: list[Found], pending: dict[str, tuple[str, bool]], summary: Summary) -> None:
+def _track(docs: list[dict], batch: list[Found], pending: dict[str, tuple[str, str | None]],
+           summary: Summary) -> None:
     for doc, f in zip(docs, batch):  # the service answers in the order the files were sent
         if doc.get("duplicate"):
             summary.duplicate += 1
         else:
-            pending[doc["id"]] = (str(f.file), bool(doc.get("replaces")))
+            # Read now: once the new version is ready the old document is gone and `replaces` with it.
+            pending[doc["id"]] = (str(f.file), doc.get("replaces"))
 
 
 def print_summary(s: Summary, elapsed: float) -> None:
-    print(f"{s.new} new, {s.versions} new versions, {s.duplicate} unchanged duplicates, {len(s.failed)} failed, "
+    print(f"{s.new} new, {len(s.versions)} new versions, {s.duplicate} unchanged duplicates, {len(s.failed)} failed, "
           f"{len(s.refused)} refused in {elapsed:.1f} s ({s.pages} pages)")
+    for name, old in s.versions:
+        print(f"  new version: {name} replaces document {old}")
     for name, why in s.failed:
         print(f"  failed:  {name}: {why}")
     for name, why in s.refused:

@@ -3,6 +3,7 @@ tree of same-named files ingested with the real ``ragsvc ingest``, an edited cop
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import unicodedata
 
@@ -88,3 +89,132 @@ def test_every_output_is_clean():
         assert "\\" not in out and "//" not in out and not out.startswith("/")
         assert all(seg not in ("", ".", "..") and seg == seg.strip() for seg in out.split("/"))
         assert unicodedata.is_normalized("NFC", out)
+
+
+# --- over HTTP, with the real `ragsvc ingest` ----------------------------------------------------------
+
+TREE = {
+    "README.md": "# Harbour\n\nThe harbour office opens at seven.\n",
+    "guide/README.md": "# Guide\n\nThe guide explains how to moor a dinghy at the east pier.\n",
+    "api/README.md": "# API\n\nThe tide API answers with the next high water in minutes.\n",
+    "a/b/c/README.md": "# Deep\n\nThe deepest folder keeps the lighthouse keeper's log.\n",
+    "guide/LICENSE.txt": "Permission is granted to read the harbour notes aloud.\n",
+    "api/LICENSE.txt": "Permission is granted to read the harbour notes aloud.\n",  # same bytes, other path
+}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def svc(request, tmp_path_factory):
+    """The API, worker, embedder and indexes, no language model: nothing here needs an answer."""
+    tmp = tmp_path_factory.mktemp(f"paths-{request.param}")
+    if request.param == "sqlite":
+        service = start_service(tmp, None, "sqlite", engine=False)
+        yield service
+        stop_service(service)
+        return
+    with new_pg_database() as url:
+        service = start_service(tmp, url, "postgresql", engine=False)
+        yield service
+        stop_service(service)
+
+
+def _ingest(svc, *paths, collection: str) -> subprocess.CompletedProcess:
+    return subprocess.run([RAGSVC, "ingest", *map(str, paths), "--collection", collection, "--url", svc.url],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _docs(svc, collection: str) -> dict[str, dict]:
+    listed = svc.client.get("/v1/documents", params={"collection": collection}).json()["documents"]
+    by_path = {d["path"]: d for d in listed}
+    assert len(by_path) == len(listed), listed  # one document per path
+    return by_path
+
+
+def test_a_tree_of_same_named_files_then_an_edited_copy(svc, tmp_path):
+    tree = tmp_path / "notes"
+    for rel, text in TREE.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+    first = _ingest(svc, tree, collection="tree")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "6 new, 0 new versions, 0 unchanged duplicates, 0 failed, 0 refused" in first.stdout, first.stdout
+    before = _docs(svc, "tree")
+    assert set(before) == set(TREE)  # every file is present under its path
+    assert all(d["status"] == "ready" and d["filename"] == p and d["replaces"] is None for p, d in before.items())
+
+    (tree / "guide/README.md").write_text(TREE["guide/README.md"] + "\nThe west pier is closed in winter.\n")
+    second = _ingest(svc, tree, collection="tree")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 new, 1 new versions, 5 unchanged duplicates, 0 failed, 0 refused" in second.stdout, second.stdout
+    after = _docs(svc, "tree")
+    assert set(after) == set(TREE)
+    changed = [p for p in TREE if after[p]["id"] != before[p]["id"]]
+    assert changed == ["guide/README.md"]  # exactly one new version, of the edited file
+    assert after["guide/README.md"]["status"] == "ready"
+    assert f"new version: {tree / 'guide/README.md'} replaces document {before['guide/README.md']['id']}" \
+        in second.stdout, second.stdout
+    # The old version is gone once the new one is ready: its row and its stored file.
+    assert_problem(svc.client.get(f"/v1/documents/{before['guide/README.md']['id']}"), 404)
+    assert not (svc.tmp / "data" / "files" / before["guide/README.md"]["id"]).exists()
+
+
+def test_folders_whose_paths_collide_are_refused_by_the_cli(svc, tmp_path):
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "README.md").write_text(f"# {folder}\n\nThe {folder} folder's note about eiders.\n")
+    out = _ingest(svc, tmp_path / "one", tmp_path / "two", collection="collide")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "1 new, 0 new versions, 0 unchanged duplicates, 0 failed, 1 refused" in out.stdout, out.stdout
+    assert "two/README.md" in out.stdout and "'README.md'" in out.stdout and "one/README.md" in out.stdout
+    kept = _docs(svc, "collide")
+    assert set(kept) == {"README.md"}  # the first folder's file, not replaced by the second's
+    assert kept["README.md"]["sha256"] == hashlib.sha256((tmp_path / "one" / "README.md").read_bytes()).hexdigest()
+
+
+def _stored_folders(svc) -> set[str]:
+    files = svc.tmp / "data" / "files"
+    return {p.name for p in files.iterdir()} if files.exists() else set()
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("../secret.txt", "'..' segment"),
+    ("guide/../../etc/passwd.txt", "'..' segment"),
+    ("log\x1b[31m.txt", "U+001B"),
+])
+def test_refused_paths_store_nothing(svc, bad, words):
+    stored = _stored_folders(svc)
+    resp = svc.upload([("fine.txt", b"A fine note about herons.", "text/plain"),
+                       (bad, b"A note that must not be stored.", "text/plain")], collection="refused")
+    body = assert_problem(resp, 422, words)
+    assert repr(bad)[1:-1] in body["detail"]  # names the file
+    assert _stored_folders(svc) == stored
+    assert_problem(svc.client.get("/v1/collections/refused"), 404)  # not even the collection
+
+
+def test_identity_rules_over_http(svc):
+    up = lambda files, **kw: svc.client.post(  # noqa: E731
+        "/v1/documents", data={"collection": "rules", **kw},
+        files=[("files", (name, data, "text/plain")) for name, data in files])
+    first = up([("docs\\ferry.txt", b"The ferry leaves at six.")]).json()["documents"][0]
+    assert first["path"] == first["filename"] == "docs/ferry.txt" and first["replaces"] is None
+    # The same path spelled another way with the same bytes: unchanged.
+    same = up([("/docs//./ferry.txt", b"The ferry leaves at six.")]).json()["documents"][0]
+    assert same["duplicate"] is True and same["id"] == first["id"]
+    # The same bytes at another path: a document of its own, so both paths are present.
+    copy = up([("archive/ferry.txt", b"The ferry leaves at six.")]).json()["documents"][0]
+    assert copy["duplicate"] is False and copy["id"] != first["id"] and copy["replaces"] is None
+    # The same path with other bytes: a new version of that document, not of the copy.
+    edit = up([("docs/ferry.txt", b"The ferry leaves at seven.")]).json()["documents"][0]
+    assert edit["replaces"] == first["id"] and edit["duplicate"] is False
+    assert svc.wait_done(edit["id"])["status"] == "ready"
+    assert set(_docs(svc, "rules")) == {"docs/ferry.txt", "archive/ferry.txt"}
+    # One request, one path twice: refused, since one would silently replace the other.
+    assert_problem(up([("x/a.txt", b"one"), ("x\\a.txt", b"two")]), 422, "'x/a.txt'", "two files")
+    # `replaces` onto a path another document holds would leave two documents at one path.
+    assert_problem(up([("archive/ferry.txt", b"Renamed ferry notes.")], replaces=edit["id"]), 409,
+                   "archive/ferry.txt", "two documents")
+    # `replaces` still renames: another path, the old document goes once the new one is ready.
+    moved = up([("timetables/ferry.txt", b"The ferry leaves at seven.")], replaces=edit["id"]).json()["documents"][0]
+    assert moved["replaces"] == edit["id"]
+    assert svc.wait_done(moved["id"])["status"] == "ready"
+    assert set(_docs(svc, "rules")) == {"timetables/ferry.txt", "archive/ferry.txt"}
