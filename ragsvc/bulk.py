@@ -107,7 +107,14 @@ def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api
         total = summary.duplicate + len(pending)  # every accepted file; duplicates are done already
         while pending:
             for doc_id, (name, replaces) in list(pending.items()):
-                doc = client.get(f"/v1/documents/{doc_id}").json()
+                got = client.get(f"/v1/documents/{doc_id}")
+                if got.status_code == 404:
+                    # A 404 problem also has a "status" (404): without this check the wait never ended.
+                    summary.failed.append((name, "deleted while ingest waited for it (another upload of its "
+                                                 "path may have replaced it)"))
+                    del pending[doc_id]
+                    continue
+                doc = got.json()
                 if doc.get("status") == "ready":
                     if replaces:
                         summary.versions.append((name, replaces))
@@ -115,8 +122,8 @@ def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api
                         summary.new += 1
                     summary.pages += doc.get("pages") or 0
                     del pending[doc_id]
-                elif doc.get("status") == "failed" or "status" not in doc:
-                    summary.failed.append((name, doc.get("error") or doc.get("detail", "deleted")))
+                elif doc.get("status") == "failed":
+                    summary.failed.append((name, doc.get("error") or "failed"))
                     del pending[doc_id]
             _line(total - len(pending), total, summary.pages, started)
             if pending:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 import unicodedata
 
 import pytest
@@ -218,3 +219,30 @@ def test_identity_rules_over_http(svc):
     assert moved["replaces"] == edit["id"]
     assert svc.wait_done(moved["id"])["status"] == "ready"
     assert set(_docs(svc, "rules")) == {"timetables/ferry.txt", "archive/ferry.txt"}
+
+
+def test_ingest_ends_when_a_document_it_waits_for_is_deleted(tmp_path):
+    # No worker, so the document stays queued until the test deletes it: no race. The database plays no
+    # part in what the CLI does with a 404, so SQLite only.
+    (tmp_path / "svc").mkdir()
+    service = start_service(tmp_path / "svc", None, "sqlite", extra_env={"RAGSVC_EMBEDDED_WORKER": "false"},
+                            engine=False)
+    (tmp_path / "note.md").write_text("# Note\n\nA note about razorbills that someone deletes.\n")
+    proc = subprocess.Popen([RAGSVC, "ingest", str(tmp_path / "note.md"), "--collection", "gone", "--url",
+                             service.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            listed = service.client.get("/v1/documents", params={"collection": "gone"}).json()["documents"]
+            if listed:
+                assert service.client.delete(f"/v1/documents/{listed[0]['id']}").status_code == 204
+                break
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=120)  # before, it polled the 404 forever
+        assert proc.returncode == 2, out + err
+        assert "0 new, 0 new versions, 0 unchanged duplicates, 1 failed, 0 refused" in out, out
+        assert "note.md: deleted while ingest waited" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop_service(service)
