@@ -246,3 +246,29 @@ def test_ingest_ends_when_a_document_it_waits_for_is_deleted(tmp_path):
             proc.kill()
             proc.wait()
         stop_service(service)
+
+
+@pytest.mark.parametrize("svc", ["sqlite"], indirect=True)  # the page's part is the same on both databases
+def test_web_page_uploads_a_folder_under_its_paths(svc, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_web_ui import CHROMIUM, FLAGS
+
+    site = tmp_path / "site"
+    for rel in ("guide/README.md", "api/README.md", ".git/README.md", "logo.png"):
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(f"# {rel}\n\nThe page sent {rel} about cormorants.\n")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(svc.url + "/")
+            page.fill("#collection", "web-folder")
+            page.locator("#collection").dispatch_event("change")
+            page.set_input_files("#folder", str(site))  # the folder picker (webkitdirectory)
+            for path in ("guide/README.md", "api/README.md"):
+                expect(page.locator("#docs tbody tr td.file", has_text=path)).to_have_text(path, timeout=60_000)
+        finally:
+            browser.close()
+    # Below the folder chosen, as `ragsvc ingest site` sends them; hidden folders and other types left out.
+    assert set(_docs(svc, "web-folder")) == {"guide/README.md", "api/README.md"}
