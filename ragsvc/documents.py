@@ -139,14 +139,15 @@ class DocumentService:
             raise InvalidInput("The request has no file; send one or more files in the multipart field 'files'.")
         if replaces and len(uploads) != 1:
             raise InvalidInput("'replaces' names one document, so send exactly one file with it.")
-        kinds, paths = [], []
+        kinds, paths, seen = [], [], set()
         for up in uploads:
             path = normalise_path(up.filename)
-            if path in paths:
+            if path in seen:
                 # Both would be versions of one document and the first would vanish once the second is ready.
                 raise InvalidInput(f"Two files in this request have the path {path!r}; a path names one "
                                    "document, so send one of them or give them different paths.")
             paths.append(path)
+            seen.add(path)
             if not up.data:
                 raise InvalidInput(f"{path!r} is empty (0 bytes); there is nothing to ingest.")
             kinds.append(detect_kind(path, up.data))
