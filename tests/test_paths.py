@@ -4,6 +4,7 @@ tree of same-named files ingested with the real ``ragsvc ingest``, an edited cop
 from __future__ import annotations
 
 import hashlib
+import itertools
 import subprocess
 import time
 import unicodedata
@@ -84,12 +85,36 @@ def test_refused_with_a_sentence_naming_the_file(raw, words):
     assert err.value.status_code == 422
 
 
+def _assert_clean(out: str) -> None:
+    assert "\\" not in out and "//" not in out and not out.startswith("/")
+    assert all(seg not in ("", ".", "..") and seg == seg.strip() for seg in out.split("/"))
+    assert unicodedata.is_normalized("NFC", out)
+    assert not any(unicodedata.category(c) == "Cc" for c in out)
+    assert normalise_path(out) == out
+
+
 def test_every_output_is_clean():
     for raw, _ in SAME:
-        out = normalise_path(raw)
-        assert "\\" not in out and "//" not in out and not out.startswith("/")
-        assert all(seg not in ("", ".", "..") and seg == seg.strip() for seg in out.split("/"))
-        assert unicodedata.is_normalized("NFC", out)
+        _assert_clean(normalise_path(raw))
+
+
+def test_every_short_string_is_refused_or_clean():
+    # Every string of up to 5 pieces from separators, dots, spaces, a letter, a decomposed letter and a
+    # control character: each is refused with InvalidInput or comes out clean, and never as a parent.
+    pieces = ["a", ".", "/", "\\", " ", "e\u0301", "\x00"]
+    for n in range(1, 6):
+        for combo in itertools.product(pieces, repeat=n):
+            raw = "".join(combo)
+            kept = [seg.strip() for seg in raw.replace("\\", "/").split("/") if seg.strip() not in ("", ".")]
+            should_refuse = "\x00" in raw or ".." in kept or not kept
+            try:
+                out = normalise_path(raw)
+            except InvalidInput:
+                assert should_refuse, repr(raw)
+                continue
+            assert not should_refuse, repr(raw)
+            _assert_clean(out)
+            assert out == unicodedata.normalize("NFC", "/".join(kept))
 
 
 # --- over HTTP, with the real `ragsvc ingest` ----------------------------------------------------------
