@@ -1,4 +1,10 @@
-"""``ragsvc ingest PATH…``: walk folders, upload every supported file to a running service, wait, summarise."""
+"""``ragsvc ingest PATH…``: walk folders, upload every supported file to a running service, wait, summarise.
+
+Each file goes up under its path relative to the folder it was found in (``guide/README.md`` for
+``docs/guide/README.md`` when ``docs`` was given; a file given by itself: its base name), because the
+path is the document's identity in the collection: the same path again is a new version or an unchanged
+duplicate, never another file that happens to share a base name.
+"""
 
 from __future__ import annotations
 
@@ -16,30 +22,49 @@ BATCH_BYTES = 32 * 1024 * 1024
 
 @dataclass
 class Summary:
-    ready: int = 0
-    duplicate: int = 0
+    new: int = 0  # ready, at a path the collection did not have
+    versions: list[tuple[str, str]] = field(default_factory=list)  # ready, replacing (file, old document id)
+    duplicate: int = 0  # the same bytes at the same path: nothing to do
     failed: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
     pages: int = 0
 
 
-def find_files(paths: list[str]) -> list[Path]:
-    out: list[Path] = []
+@dataclass
+class Found:
+    file: Path  # where it is on this machine
+    path: str  # what the service calls it: relative to the folder given, with forward slashes
+
+
+def find_files(paths: list[str], refused: list[tuple[str, str]] | None = None) -> list[Found]:
+    out: list[Found] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES
-                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            out += [Found(f, f.relative_to(p).as_posix()) for f in sorted(p.rglob("*"))
+                    if f.is_file() and f.suffix.lower() in SUFFIXES
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)]
         elif p.is_file():
-            out.append(p)
+            out.append(Found(p, p.name))
         else:
             print(f"skipping {p}: no such file or folder", file=sys.stderr)
-    return out
+    # Two folders given may hold the same relative path: the second would silently replace the first.
+    first: dict[str, Path] = {}
+    kept = []
+    for f in out:
+        if f.path in first:
+            if refused is not None:
+                refused.append((str(f.file), f"its path {f.path!r} is also {first[f.path]}'s; ingest the folder "
+                                             "above both so that their paths differ"))
+            continue
+        first[f.path] = f.file
+        kept.append(f)
+    return kept
 
 
-def _batches(files: list[Path]):
+def _batches(files: list[Found]):
     batch, size = [], 0
     for f in files:
-        n = f.stat().st_size
+        n = f.file.stat().st_size
         if batch and (len(batch) >= BATCH_FILES or size + n > BATCH_BYTES):
             yield batch
             batch, size = [], 0
@@ -59,36 +84,46 @@ def _line(done: int, total: int, pages: int, started: float) -> None:
 
 
 def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api_key: str = "") -> Summary:
-    files = find_files(paths)
     summary = Summary()
+    files = find_files(paths, summary.refused)
     started = time.time()
-    pending: dict[str, str] = {}
+    pending: dict[str, tuple[str, str | None]] = {}  # document id -> (file, id of the version it replaces)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=url.rstrip("/"), timeout=600, headers=headers) as client:
         for batch in _batches(files):
-            multipart = [("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in batch]
+            multipart = [("files", (f.path, f.file.read_bytes(), "application/octet-stream")) for f in batch]
             resp = client.post("/v1/documents", data={"collection": collection}, files=multipart)
             if resp.status_code != 202:
                 # One bad file refuses the whole request: send them one by one to find it.
                 for f in batch:
                     r = client.post("/v1/documents", data={"collection": collection},
-                                    files=[("files", (f.name, f.read_bytes(), "application/octet-stream"))])
+                                    files=[("files", (f.path, f.file.read_bytes(), "application/octet-stream"))])
                     if r.status_code != 202:
-                        summary.refused.append((str(f), r.json().get("detail", r.text)))
+                        summary.refused.append((str(f.file), r.json().get("detail", r.text)))
                     else:
-                        _track(r.json()["documents"], batch, pending, summary)
+                        _track(r.json()["documents"], [f], pending, summary)
                 continue
             _track(resp.json()["documents"], batch, pending, summary)
-        total = len(files) - len(summary.refused)
+        total = summary.duplicate + len(pending)  # every accepted file; duplicates are done already
         while pending:
-            for doc_id, name in list(pending.items()):
-                doc = client.get(f"/v1/documents/{doc_id}").json()
+            for doc_id, (name, replaces) in list(pending.items()):
+                got = client.get(f"/v1/documents/{doc_id}")
+                if got.status_code == 404:
+                    # A 404 problem also has a "status" (404): without this check the wait never ended.
+                    summary.failed.append((name, "deleted while ingest waited for it (another upload of its "
+                                                 "path may have replaced it)"))
+                    del pending[doc_id]
+                    continue
+                doc = got.json()
                 if doc.get("status") == "ready":
-                    summary.ready += 1
+                    if replaces:
+                        summary.versions.append((name, replaces))
+                    else:
+                        summary.new += 1
                     summary.pages += doc.get("pages") or 0
                     del pending[doc_id]
-                elif doc.get("status") == "failed" or "status" not in doc:
-                    summary.failed.append((name, doc.get("error") or doc.get("detail", "deleted")))
+                elif doc.get("status") == "failed":
+                    summary.failed.append((name, doc.get("error") or "failed"))
                     del pending[doc_id]
             _line(total - len(pending), total, summary.pages, started)
             if pending:
@@ -97,17 +132,21 @@ def ingest(url: str, paths: list[str], collection: str, poll_s: float = 1.0, api
     return summary
 
 
-def _track(docs: list[dict], batch: list[Path], pending: dict[str, str], summary: Summary) -> None:
-    for doc, f in zip(docs, batch):
+def _track(docs: list[dict], batch: list[Found], pending: dict[str, tuple[str, str | None]],
+           summary: Summary) -> None:
+    for doc, f in zip(docs, batch):  # the service answers in the order the files were sent
         if doc.get("duplicate"):
             summary.duplicate += 1
         else:
-            pending[doc["id"]] = str(f)
+            # Read now: once the new version is ready the old document is gone and `replaces` with it.
+            pending[doc["id"]] = (str(f.file), doc.get("replaces"))
 
 
 def print_summary(s: Summary, elapsed: float) -> None:
-    print(f"{s.ready} ready, {s.duplicate} duplicate, {len(s.failed)} failed, {len(s.refused)} refused "
-          f"in {elapsed:.1f} s ({s.pages} pages)")
+    print(f"{s.new} new, {len(s.versions)} new versions, {s.duplicate} unchanged duplicates, {len(s.failed)} failed, "
+          f"{len(s.refused)} refused in {elapsed:.1f} s ({s.pages} pages)")
+    for name, old in s.versions:
+        print(f"  new version: {name} replaces document {old}")
     for name, why in s.failed:
         print(f"  failed:  {name}: {why}")
     for name, why in s.refused:

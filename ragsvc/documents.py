@@ -21,6 +21,7 @@ from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import KeywordStore, rebuild_from_db
 from ragsvc.observability import request_id
+from ragsvc.paths import normalise_path
 from ragsvc.settings import Settings
 from ragsvc.storage import write_atomic
 
@@ -30,7 +31,7 @@ DEFAULT_COLLECTION = "default"
 
 @dataclass
 class Upload:
-    filename: str
+    filename: str  # the path as the client sent it (``guide/README.md``), normalised by create()
     data: bytes
 
 
@@ -44,7 +45,10 @@ def _iso(dt: datetime | None) -> str | None:
 
 def document_json(doc: Document, collection_name: str, **extra: object) -> dict:
     return {
-        "id": doc.id, "collection": collection_name, "filename": doc.filename, "kind": doc.kind,
+        # ``path`` is the document's identity in its collection; ``filename`` is the same text, kept for
+        # clients written before paths (citations and the web page show it).
+        "id": doc.id, "collection": collection_name, "filename": doc.filename, "path": doc.filename,
+        "kind": doc.kind,
         "size_bytes": doc.size_bytes, "sha256": doc.sha256, "status": doc.status, "error": doc.error,
         "stage": doc.stage, "progress": doc.progress, "pages": doc.pages, "chunks": doc.chunks,
         "glued_word_ratio": doc.glued_word_ratio, "replaces": doc.replaces_id,
@@ -58,12 +62,6 @@ def validate_collection_name(name: str | None) -> str:
     if not name or len(name) > 128 or any(c in name for c in "/\\\x00"):
         raise InvalidInput("A collection name has 1 to 128 characters and no slashes.")
     return name
-
-
-def display_filename(name: str | None) -> str:
-    """The name as the user gave it (stored files use generated names, so this is only shown)."""
-    name = (name or "").replace("\x00", "").strip() or "upload"
-    return name[:512]
 
 
 class DocumentService:
@@ -131,20 +129,28 @@ class DocumentService:
     def create(self, collection: str | None, uploads: list[Upload], replaces: str | None = None) -> list[dict]:
         """Validate every file first (so a bad one stores nothing), then store and queue them.
 
-        Identical bytes already in the collection: the existing document, ``duplicate: true``.
-        Same filename with other bytes (or ``replaces``): a new version that replaces the old one
-        once it is ready.
+        A document's identity is its path in the collection (see ragsvc/paths.py). The same path with the
+        same bytes: the existing document, ``duplicate: true``. The same path with other bytes (or
+        ``replaces``): a new version that replaces the old one once it is ready (``replaces: <old id>``).
+        Any other path is a new document, even with bytes the collection already holds elsewhere.
         """
         name = validate_collection_name(collection)
         if not uploads:
             raise InvalidInput("The request has no file; send one or more files in the multipart field 'files'.")
         if replaces and len(uploads) != 1:
             raise InvalidInput("'replaces' names one document, so send exactly one file with it.")
-        kinds = []
+        kinds, paths, seen = [], [], set()
         for up in uploads:
+            path = normalise_path(up.filename)
+            if path in seen:
+                # Both would be versions of one document and the first would vanish once the second is ready.
+                raise InvalidInput(f"Two files in this request have the path {path!r}; a path names one "
+                                   "document, so send one of them or give them different paths.")
+            paths.append(path)
+            seen.add(path)
             if not up.data:
-                raise InvalidInput(f"{up.filename!r} is empty (0 bytes); there is nothing to ingest.")
-            kinds.append(detect_kind(up.filename, up.data))
+                raise InvalidInput(f"{path!r} is empty (0 bytes); there is nothing to ingest.")
+            kinds.append(detect_kind(path, up.data))
         out: list[dict | Document] = []
         written: list[Path] = []
         with self.sessions() as session:
@@ -154,44 +160,43 @@ class DocumentService:
                 if target is None or target.collection_id != coll.id:
                     raise NotFound(f"There is no document {replaces!r} in collection {name!r} to replace.")
             try:
-                for up, kind in zip(uploads, kinds):
-                    out.append(self._create_one(session, coll, up, kind, replaces, written))
+                for up, path, kind in zip(uploads, paths, kinds):
+                    out.append(self._create_one(session, coll, path, up.data, kind, replaces, written))
                 session.commit()
             except BaseException:
                 session.rollback()
-                for path in written:  # nothing stored for a request that failed
-                    shutil.rmtree(path.parent, ignore_errors=True)
+                for stored in written:  # nothing stored for a request that failed
+                    shutil.rmtree(stored.parent, ignore_errors=True)
                 raise
             return [d if isinstance(d, dict) else document_json(d, name, duplicate=False) for d in out]
 
-    def _create_one(self, session: Session, coll: Collection, up: Upload, kind: str, replaces: str | None,
-                    written: list[Path]) -> dict | Document:
-        digest = hashlib.sha256(up.data).hexdigest()
-        same = session.scalars(
-            select(Document).where(Document.collection_id == coll.id, Document.sha256 == digest)
-            .order_by(Document.created_at)
-        ).all()
-        live = [d for d in same if d.status != DocumentStatus.FAILED]
-        if live:
-            return document_json(live[0], coll.name, duplicate=True)
-        filename = display_filename(up.filename)
-        if not replaces:
-            # A new version of a document with the same name (the newest one that is not failed).
-            prev = session.scalar(
-                select(Document).where(Document.collection_id == coll.id, Document.filename == filename,
-                                       Document.status != DocumentStatus.FAILED)
-                .order_by(Document.created_at.desc()).limit(1)
-            )
-            replaces = prev.id if prev is not None else None
-        doc = Document(collection_id=coll.id, filename=filename, kind=kind, size_bytes=len(up.data),
+    def _create_one(self, session: Session, coll: Collection, path: str, data: bytes, kind: str,
+                    replaces: str | None, written: list[Path]) -> dict | Document:
+        digest = hashlib.sha256(data).hexdigest()
+        # The newest live (not failed) document at this path: unchanged bytes are a duplicate of it,
+        # other bytes its new version.
+        prev = session.scalar(
+            select(Document).where(Document.collection_id == coll.id, Document.filename == path,
+                                   Document.status != DocumentStatus.FAILED)
+            .order_by(Document.created_at.desc()).limit(1)
+        )
+        if replaces and prev is not None and prev.id != replaces:
+            raise Conflict(f"The path {path!r} is already document {prev.id!r}; replacing {replaces!r} with a "
+                           "file at that path would leave two documents at one path. Delete that document "
+                           "first, or upload under another path.")
+        if prev is not None and prev.sha256 == digest:
+            return document_json(prev, coll.name, duplicate=True)
+        if not replaces and prev is not None:
+            replaces = prev.id
+        doc = Document(collection_id=coll.id, filename=path, kind=kind, size_bytes=len(data),
                        sha256=digest, storage_path="", replaces_id=replaces)
         session.add(doc)
         session.flush()
-        # A generated name: the user's filename never touches the disk. Whole file before the commit.
-        path = self.files_dir / doc.id / "original"
-        written.append(path)
-        write_atomic(path, up.data)
-        doc.storage_path = str(path)
+        # A generated name: the user's path never touches the disk. Whole file before the commit.
+        stored = self.files_dir / doc.id / "original"
+        written.append(stored)
+        write_atomic(stored, data)
+        doc.storage_path = str(stored)
         session.add(Job(document_id=doc.id, request_id=request_id.get()))
         return doc
 

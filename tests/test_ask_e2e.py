@@ -108,7 +108,8 @@ def test_docx_document_with_table(service):
 
 
 def test_duplicate_upload_creates_nothing(service, facts_pdf):
-    resp = service.upload([("copy-of-facts.pdf", make_pdf(FACT_PAGES), "application/pdf")])
+    # The same path and the same bytes (the same bytes at another path would be a document of its own).
+    resp = service.upload([("harbour-facts.pdf", make_pdf(FACT_PAGES), "application/pdf")])
     assert resp.status_code == 202
     doc = resp.json()["documents"][0]
     assert doc["duplicate"] is True and doc["id"] == facts_pdf["id"]

@@ -90,17 +90,24 @@ def test_upload_over_the_limit_is_413(service):
 
 
 def test_hostile_and_unusual_filenames_are_shown_as_given(service):
-    names = ["../../../etc/passwd.txt", "Résumé – 日本語.md", "n" * 296 + ".txt"]
+    # Paths are text, normalised (ragsvc/paths.py): these need no change and are shown as given.
+    names = ["Résumé – 日本語.md", "n" * 296 + ".txt", "docs/2024/notes.txt"]
     resp = service.upload([(n, f"File number {i} mentions a kestrel.".encode(), "text/plain")
                            for i, n in enumerate(names)], collection="names")
     assert resp.status_code == 202, resp.text
     docs = resp.json()["documents"]
-    assert [d["filename"] for d in docs] == names
+    assert [d["filename"] for d in docs] == [d["path"] for d in docs] == names
     data_dir = (service.tmp / "data").resolve()
     for d in docs:
         assert service.wait_done(d["id"])["status"] == "ready"
         stored = data_dir / "files" / d["id"] / "original"
         assert stored.exists()
+    # A path out of the folder is refused, naming the file; nothing of the request is stored.
+    resp = service.upload([("fine.txt", b"A fine note.", "text/plain"),
+                           ("../../../etc/passwd.txt", b"root:x:0:0", "text/plain")], collection="names")
+    assert_problem(resp, 422, "../../../etc/passwd.txt", "'..'")
+    listed = service.client.get("/v1/documents", params={"collection": "names"}).json()["documents"]
+    assert {d["path"] for d in listed} == set(names)
     assert not Path("/etc/passwd.txt").exists()
 
 
@@ -146,11 +153,12 @@ def test_cli_ingest_walks_a_folder(service, tmp_path):
     out = subprocess.run([RAGSVC, "ingest", str(folder), "--collection", "cli", "--url", service.url],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr  # one file refused
-    assert "2 ready, 0 duplicate, 0 failed, 1 refused" in out.stdout, out.stdout
+    assert "2 new, 0 new versions, 0 unchanged duplicates, 0 failed, 1 refused" in out.stdout, out.stdout
     assert "c.txt" in out.stdout and "PNG" in out.stdout
     assert "docs/s" in out.stderr and "pages/s" in out.stderr
     names = {d["filename"] for d in service.client.get("/v1/documents", params={"collection": "cli"}).json()["documents"]}
-    assert names == {"a.md", "b.txt"}
+    assert names == {"a.md", "sub/b.txt"}  # paths relative to the folder given
     again = subprocess.run([RAGSVC, "ingest", str(folder / "a.md"), "--collection", "cli", "--url", service.url],
                            capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "0 ready, 1 duplicate" in again.stdout
+    # A file given alone goes by its base name: the same path as the folder's a.md, the same bytes.
+    assert again.returncode == 0 and "0 new, 0 new versions, 1 unchanged duplicates" in again.stdout

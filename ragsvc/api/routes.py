@@ -34,6 +34,17 @@ class AskBody(AskRequest):
     stream: bool = False
 
 
+PATH_DOC = (
+    "One or more files (repeat the field). Each part's multipart filename is the document's path in the "
+    "collection, its identity: a base name (`README.md`, what curl and browsers send by default) or a "
+    "relative path (`guide/README.md`, e.g. `curl -F \"files=@guide/README.md;filename=guide/README.md\"`). "
+    "Backslashes become slashes, `.` and empty segments and a leading `/` are dropped, Unicode is NFC; a "
+    "`..` segment, a control character, over 512 characters or over 64 segments is refused with 422. "
+    "A path already in the collection with the same bytes is a duplicate (`duplicate: true`); with other "
+    "bytes a new version (`replaces: <old id>`) that replaces the old document once it is ready. The same "
+    "bytes at another path are a new document.")
+
+
 @dataclass
 class UploadOperation(Operation):
     """The upload's multipart body, documented by hand: the handler reads the form itself so that a bad
@@ -42,15 +53,20 @@ class UploadOperation(Operation):
     def __post_init__(self) -> None:
         schema = Schema(type=OpenAPIType.OBJECT, required=["files"], properties={
             "files": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
-                            description="One or more files (repeat the field)."),
+                            description=PATH_DOC),
             "collection": Schema(type=OpenAPIType.STRING, description="Collection name (default `default`)."),
-            "replaces": Schema(type=OpenAPIType.STRING, description="Id of a document this one replaces."),
+            "replaces": Schema(type=OpenAPIType.STRING, description=(
+                "Id of a document this one replaces, whatever its path (a rename); one file only.")),
         })
         self.request_body = RequestBody(required=True, content={"multipart/form-data": OpenAPIMediaType(
             schema=schema, examples={"pdf": Example(
                 summary="A PDF into the `manuals` collection",
                 description="curl -F files=@manual.pdf -F collection=manuals http://127.0.0.1:8000/v1/documents",
-                value={"files": ["manual.pdf"], "collection": "manuals"})})})
+                value={"files": ["manual.pdf"], "collection": "manuals"}), "path": Example(
+                summary="A file under its path in a folder tree",
+                description=('curl -F "files=@docs/guide/README.md;filename=guide/README.md" '
+                             "http://127.0.0.1:8000/v1/documents"),
+                value={"files": ["guide/README.md"]})})})
 
 
 class DocumentController(Controller):
@@ -61,7 +77,9 @@ class DocumentController(Controller):
     async def upload(self, request: Request, documents: DocumentService, settings: Settings,
                      principal: Principal) -> dict:
         """Upload files as ``multipart/form-data``: one or more ``files`` fields, an optional ``collection``
-        (default ``default``) and an optional ``replaces`` (a document id). Example:
+        (default ``default``) and an optional ``replaces`` (a document id). Each file's multipart filename
+        is its path in the collection (``guide/README.md``), its identity: the same path with new bytes is
+        a new version (``replaces: <old id>``), with the same bytes a duplicate. Example:
         ``curl -F files=@manual.pdf -F collection=manuals http://127.0.0.1:8000/v1/documents``.
         Answers 202 with each document's id and status; ingestion is queued."""
         principal.require("write", "uploading documents")  # before the body is read

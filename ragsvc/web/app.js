@@ -121,11 +121,18 @@ async function deleteDoc(doc) {
   else showError($("upload-error"), await problemText(resp));
 }
 
+// A file's path is its identity in the collection. From a chosen folder: the path below that folder
+// (as `ragsvc ingest FOLDER` sends it), so "docs/guide/README.md" goes up as "guide/README.md".
+const SUFFIXES = [".pdf", ".docx", ".pptx", ".html", ".htm", ".eml", ".md", ".markdown", ".txt"];
+const pathOf = (f) => f.webkitRelativePath ? f.webkitRelativePath.split("/").slice(1).join("/") : f.name;
+const inFolder = (f) => SUFFIXES.some((s) => f.name.toLowerCase().endsWith(s))
+  && !pathOf(f).split("/").some((part) => part.startsWith("."));
+
 async function upload(files) {
   if (!files.length) return;
   const form = new FormData();
   form.append("collection", collection());
-  for (const f of files) form.append("files", f, f.name);
+  for (const f of files) form.append("files", f, pathOf(f));
   showError($("upload-error"), "");
   const resp = await fetch("/v1/documents", { method: "POST", body: form });
   if (!resp.ok) return showError($("upload-error"), await problemText(resp));
@@ -258,6 +265,7 @@ function handleEvent(block) {
 // ---- wiring -----------------------------------------------------------------------------------
 $("ask-form").addEventListener("submit", ask);
 $("files").addEventListener("change", (e) => upload([...e.target.files]));
+$("folder").addEventListener("change", (e) => upload([...e.target.files].filter(inFolder)));
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
