@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -183,7 +184,7 @@ def test_sign_in_is_a_server_session_that_logout_ends(keyed_svc):
     r = sign_in(keyed_svc, key)
     assert r.status_code == 303 and r.headers["location"] == "/"
     token = session_cookie(r)
-    assert key not in r.headers["set-cookie"] and key.split("_")[2] not in token  # the key never travels
+    assert key not in r.headers["set-cookie"] and key.split("_", 2)[2] not in token  # the key never travels
     assert as_cookie(keyed_svc, token, "GET", "/v1/documents").status_code == 200
     assert as_cookie(keyed_svc, token, "GET", "/", headers={"accept": "text/html"}).status_code == 200
     # The key itself is no cookie.
@@ -249,14 +250,14 @@ def test_ready_names_the_component_and_fix_but_no_path_url_or_exception(tmp_path
     svc = start_service(tmp_path, None, "ready", engine=False)
     try:
         index_dir = tmp_path / "indexes"
-        index_dir.rmdir() if index_dir.is_dir() and not any(index_dir.iterdir()) else None
+        shutil.rmtree(index_dir, ignore_errors=True)
         index_dir.write_text("not a folder")  # the index folder is now unusable
         r = svc.client.get("/ready")
         body = assert_problem(r, 503)
         text = r.text
         assert body["checks"]["index_store"] != "ok" and "RAGSVC_INDEX_DIR" in body["checks"]["index_store"]
         assert body["checks"]["engine"] != "ok" and "RAGSVC_LLM_URL" in body["checks"]["engine"]
-        for leak in (str(tmp_path), "http://", "127.0.0.1", "Errno", "Error", "refused", "exists"):
+        for leak in (str(tmp_path), "http://", "127.0.0.1", "Errno", "Error", "refused", "File exists"):
             assert leak not in text, (leak, text)
         assert str(index_dir) in svc.log.read_text()  # the detail went to the log
     finally:
@@ -370,3 +371,34 @@ def test_key_checks_answer_while_the_default_executor_is_saturated(tmp_path):
         release.set()
         asker.join()
     assert done == [401, 415]
+
+
+def test_chromium_keeps_the_host_prefixed_cookie_on_loopback_http(keyed_svc):
+    """The decision behind ``__Host-`` on plain http: Chromium treats http://127.0.0.1 as a secure
+    context, keeps the Secure cookie and sends it back, so the web page signs in and works."""
+    from tests.test_web_ui import CHROMIUM, FLAGS
+
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`.ci/run` does)")
+    from playwright.sync_api import expect, sync_playwright
+
+    key = keyed_svc.keys.create("read", None, "chromium")[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(keyed_svc.url + "/")
+            expect(page).to_have_url(keyed_svc.url + "/login")
+            page.fill("#key", key)
+            page.click("button[type=submit]")
+            expect(page).to_have_url(keyed_svc.url + "/")
+            cookies = {c["name"]: c for c in page.context.cookies()}
+            assert cookies[SESSION_COOKIE]["secure"] and cookies[SESSION_COOKIE]["httpOnly"]
+            assert cookies[SESSION_COOKIE]["value"] != key
+            # The page's own API calls carry it: it stays on the page instead of going back to /login.
+            assert page.evaluate("fetch('/v1/collections').then(r => r.status)") == 200
+            expect(page).to_have_url(keyed_svc.url + "/")
+        finally:
+            browser.close()
