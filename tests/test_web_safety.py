@@ -118,7 +118,7 @@ def test_pages_send_csp_nosniff_and_referrer_policy(open_svc, path):
     csp = r.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
     assert r.headers["x-content-type-options"] == "nosniff"
-    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["referrer-policy"] == "same-origin"
 
 
 # --- item 5: body limits ------------------------------------------------------------------------------

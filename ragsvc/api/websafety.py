@@ -179,9 +179,11 @@ def content_security_policy(inline_styles: tuple[str, ...] = ()) -> str:
 
 
 def security_headers_middleware_for(csp: str):  # noqa: ANN201
-    """Every answer gets ``nosniff`` and ``Referrer-Policy: no-referrer``; every one but the API
+    """Every answer gets ``nosniff`` and ``Referrer-Policy: same-origin`` (not ``no-referrer``: with
+    that, Chromium sends ``Origin: null`` on the page's own form posts, and the Origin check refuses
+    the sign-in); every one but the API
     schema viewer (which loads its renderer from a CDN) gets the CSP and ``X-Frame-Options: DENY``."""
-    common = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+    common = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
     page = [(b"content-security-policy", csp.encode()), (b"x-frame-options", b"DENY")]
 
     def factory(app):  # noqa: ANN001, ANN202
