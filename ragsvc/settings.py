@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         [],  # pydantic copies a mutable default per instance
         description="Host names (the `Host` header, without port) accepted besides the loopback names "
         "`127.0.0.1`, `localhost`, `::1` and the listen address; others get 400 (DNS rebinding). "
-        "JSON list, e.g. `[\"rag.example.com\"]`; `*.example.com` allows subdomains.",
+        "JSON list, e.g. `[\"rag.example.com\"]`; `*.example.com` allows subdomains, `*` any name (no protection).",
     )
     max_json_body_kb: int = Field(
         256, description="Largest body of every request but an upload (JSON routes, `/login`), in KiB; "
