@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -19,6 +18,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy import text
 
+from ragsvc.api.executors import UPLOAD_EXECUTOR, run_in
 from ragsvc.api.openai_compat import chat_completions
 from ragsvc.api.problems import problem
 from ragsvc.api.web import index, static
@@ -29,9 +29,6 @@ from ragsvc.errors import InvalidInput, NotFound, RagsvcError
 from ragsvc.settings import Settings
 
 log = logging.getLogger(__name__)
-# Uploads store and fsync whole files: bounded, and on threads of their own, so a burst of large uploads
-# waits here instead of filling the default executor that the other handlers' database work uses.
-UPLOAD_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragsvc-upload")
 
 
 @dataclass
@@ -85,8 +82,10 @@ class DocumentController(Controller):
         collection = principal.collection_for(str(form.get("collection") or "") or None, "write",
                                               "uploading documents")
         replaces = no_nul(str(form.get("replaces") or ""), "replaces") or None
-        created = await asyncio.get_running_loop().run_in_executor(
-            UPLOAD_EXECUTOR, documents.create, collection, uploads, str(replaces) if replaces else None)
+        # Storing and fsyncing on the upload pool (bounded): a burst of uploads waits there, not in the
+        # default executor the other handlers use.
+        created = await run_in(UPLOAD_EXECUTOR, documents.create, collection, uploads,
+                               str(replaces) if replaces else None)
         return {"documents": created}
 
     @get("/", sync_to_thread=True)

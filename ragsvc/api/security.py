@@ -7,11 +7,9 @@ so a route added later is protected without anyone remembering to protect it.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from litestar import Request, Response, get, post
@@ -21,6 +19,7 @@ from litestar.params import Body
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
+from ragsvc.api.executors import AUTH_EXECUTOR, run_in
 from ragsvc.api.websafety import LOOPBACK_NAMES, cross_site_origin, header_map, host_name, send_problem
 from ragsvc.auth import (ANONYMOUS, SESSION_COOKIE, SESSION_COOKIE_PLAIN, Principal, bearer, is_public,
                          session_token)
@@ -30,14 +29,10 @@ from ragsvc.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Key and session checks run here, never on the default executor: uploads fsync there and the handlers'
-# database work runs there, and a full queue must not make every request wait for its authentication
-# (nor let a flood of large uploads lock everyone out). Small: each check is one indexed row lookup.
-AUTH_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragsvc-auth")
-
 
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(AUTH_EXECUTOR, fn, *args)
+    """Key and session checks, on their own threads (never behind upload fsyncs: ragsvc.api.executors)."""
+    return await run_in(AUTH_EXECUTOR, fn, *args)
 
 
 def auth_middleware(app):  # noqa: ANN001, ANN201 - an ASGI middleware factory
