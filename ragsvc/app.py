@@ -19,7 +19,10 @@ from litestar.openapi import OpenAPIConfig
 
 from ragsvc.api.problems import exception_handlers
 from ragsvc.api.routes import ROUTES
-from ragsvc.api.security import SECURITY_ROUTES, auth_middleware, principal_of, rate_limits
+from ragsvc.api.routes import DocumentController
+from ragsvc.api.security import LOGIN_CSS, SECURITY_ROUTES, auth_middleware, principal_of, rate_limits
+from ragsvc.api.websafety import (allowed_hosts_middleware, body_content_type, content_security_policy,
+                                  security_headers_middleware_for)
 from ragsvc.ask import AskService
 from ragsvc.auth import KeyStore
 from ragsvc.db.session import make_engine, make_sessionmaker
@@ -87,8 +90,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 state.engine.generator.close()
             db_engine.dispose()
 
+    # Only the upload takes large bodies; every other route (JSON, the sign-in form) the small limit,
+    # checked against Content-Length before a byte is read.
+    uploads = type("DocumentController", (DocumentController,),
+                   {"request_max_body_size": settings.max_upload_mb * 1024 * 1024})
+    routes = [uploads if r is DocumentController else r for r in ROUTES]
     return Litestar(
-        route_handlers=[*ROUTES, *SECURITY_ROUTES],
+        route_handlers=[*routes, *SECURITY_ROUTES],
         lifespan=[lifespan],
         dependencies={
             "documents": Provide(_documents, sync_to_thread=False),
@@ -97,10 +105,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "principal": Provide(principal_of, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,
-        # Outermost first: the request id wraps everything, then who is asking, then how often.
-        middleware=[request_id_middleware, auth_middleware, *rate_limits(settings)],
+        # Outermost first: the request id wraps everything, then the response headers (on refusals too),
+        # the Host allow-list, who is asking (and from which origin), then how often.
+        middleware=[request_id_middleware, security_headers_middleware_for(content_security_policy((LOGIN_CSS,))),
+                    allowed_hosts_middleware, auth_middleware, *rate_limits(settings)],
+        guards=[body_content_type],
         logging_config=None,  # the CLI configured logging (plain or JSON); Litestar must not replace it
-        request_max_body_size=settings.max_upload_mb * 1024 * 1024,
+        request_max_body_size=settings.max_json_body_kb * 1024,
         multipart_form_part_limit=settings.max_files_per_upload + 10,
         openapi_config=OpenAPIConfig(title="ragsvc", version="0.1.0", path="/schema"),
         state=State({"settings": settings}),

@@ -17,22 +17,28 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ragsvc.db import ApiKey
+from ragsvc.db import ApiKey, WebSession
 from ragsvc.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 
 SCOPES = ("read", "write", "admin")  # each includes the ones before it
 KEY_PREFIX = "rsk_"
-# Paths that never need a key: liveness/readiness probes, metrics for the scraper, the API schema and
-# the sign-in form of the web page. Everything else (``/v1/...``, the web page and its assets) does:
-# a route added later is protected unless it is listed here.
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics", "/login", "/logout"})
+# Paths that never need a key: liveness/readiness probes, the API schema and the sign-in form of the
+# web page. Everything else (``/v1/...``, ``/metrics`` unless RAGSVC_METRICS_PUBLIC, the web page and its
+# assets) does: a route added later is protected unless it is listed here.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/login", "/logout"})
 PUBLIC_PREFIXES = ("/schema",)
-COOKIE = "ragsvc_key"
+# The web page's sign-in cookie holds a session token, never the key. ``__Host-``: the browser only
+# accepts it with Secure, Path=/ and no Domain, so no sibling host or plain-http page can set or
+# overwrite it. Browsers treat http://localhost and http://127.0.0.1 as secure, so the loopback default
+# gets it too; over plain http to any other host a browser drops Secure cookies, so there (and only
+# there) the cookie falls back to SESSION_COOKIE_PLAIN (docs/security-web.md).
+SESSION_COOKIE = "__Host-ragsvc_session"
+SESSION_COOKIE_PLAIN = "ragsvc_session"
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,43 @@ class KeyStore:
                 raise Unauthorized("The API key has been revoked; ask an administrator for a new one.")
             return Principal(key_id=row.id, collection=row.collection, scope=row.scope)
 
+    # --- web page sessions ------------------------------------------------------------------------
+    def start_session(self, key: str, ttl_s: float) -> str:
+        """Check the key and open a session for it; returns the token for the cookie (stored hashed)."""
+        principal = self.authenticate(key)
+        token = secrets.token_urlsafe(32)
+        now = datetime.now(timezone.utc)
+        with self.sessions() as session:
+            session.add(WebSession(id=_hash(token), key_id=principal.key_id, created_at=now,
+                                   expires_at=now + timedelta(seconds=ttl_s)))
+            session.commit()
+        return token
+
+    def session_principal(self, token: str) -> Principal:
+        """The principal of a live session: not signed out, not expired, and its key not revoked."""
+        with self.sessions() as session:
+            row = session.get(WebSession, _hash(token)) if token else None
+            key = session.get(ApiKey, row.key_id) if row is not None else None
+            if row is None or key is None or row.revoked_at is not None:
+                raise Unauthorized("You are signed out; sign in again at /login.")
+            if _aware(row.expires_at) <= datetime.now(timezone.utc):
+                raise Unauthorized("Your sign-in has expired; sign in again at /login.")
+            if key.revoked_at is not None:
+                raise Unauthorized("The API key has been revoked; ask an administrator for a new one.")
+            return Principal(key_id=key.id, collection=key.collection, scope=key.scope)
+
+    def end_session(self, token: str) -> None:
+        with self.sessions() as session:
+            row = session.get(WebSession, _hash(token)) if token else None
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = datetime.now(timezone.utc)
+                session.commit()
+
+
+def _aware(ts: datetime) -> datetime:
+    # SQLite hands datetimes back without their zone; they were stored in UTC.
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
 
 def _key_json(k: ApiKey) -> dict:
     return {"id": k.id, "scope": k.scope, "collection": k.collection, "name": k.name,
@@ -138,9 +181,10 @@ def _key_json(k: ApiKey) -> dict:
             "revoked": k.revoked_at is not None}
 
 
-def bearer_or_cookie(headers: dict[str, str], cookies: dict[str, str]) -> str | None:
-    auth = headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return cookies.get(COOKIE) or None
+def bearer(headers: dict[str, str]) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def session_token(cookies: dict[str, str]) -> str | None:
+    return cookies.get(SESSION_COOKIE) or cookies.get(SESSION_COOKIE_PLAIN) or None

@@ -53,6 +53,26 @@ class Settings(BaseSettings):
         60, description="Questions (`/v1/ask`, `/v1/chat/completions`) per API key per minute; 0: no limit."
     )
     rate_limit_upload_per_minute: int = Field(30, description="Upload requests per API key per minute; 0: no limit.")
+    rate_limit_delete_per_minute: int = Field(
+        60, description="DELETE requests (documents, collections) per API key per minute; 0: no limit."
+    )
+    allowed_hosts: list[str] = Field(
+        [],  # pydantic copies a mutable default per instance
+        description="Host names (the `Host` header, without port) accepted besides the loopback names "
+        "`127.0.0.1`, `localhost`, `::1` and the listen address; others get 400 (DNS rebinding). "
+        "JSON list, e.g. `[\"rag.example.com\"]`; `*.example.com` allows subdomains, `*` any name (no protection).",
+    )
+    max_json_body_kb: int = Field(
+        256, description="Largest body of every request but an upload (JSON routes, `/login`), in KiB; "
+        "larger ones get 413 before they are read."
+    )
+    session_ttl_s: int = Field(
+        8 * 3600, description="How long a web page sign-in lasts, in seconds; signing out ends it at once."
+    )
+    metrics_public: bool = Field(
+        False, description="`/metrics` answers without an API key even with keys on (for a scraper that "
+        "sends none); otherwise off loopback it needs a key."
+    )
 
     # --- storage ------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Folder for uploaded files and the default SQLite database.")

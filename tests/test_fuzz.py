@@ -1,5 +1,6 @@
 """schemathesis against the service's own OpenAPI schema: every operation, generated requests (valid and
-not), zero 5xx and every documented response matching its schema.
+not), zero 5xx and every documented response matching its schema. Twice: the loopback default (keys off,
+SQLite) and keys on over PostgreSQL (where NUL characters in text are an error), with an admin key.
 
 Runs schemathesis' own command line (its pytest plugin does not support this pytest yet) with a HAR
 report, so the test can count the requests really sent and look at every status itself. Cases per
@@ -18,16 +19,39 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, start_service, stop_service
+from ragsvc.auth import KeyStore
+from ragsvc.db.session import make_engine, make_sessionmaker
+from tests.conftest import ROOT, new_pg_database, start_service, stop_service
 
 EXAMPLES = int(os.environ.get("RAGSVC_TEST_FUZZ_EXAMPLES", "40"))
 
 
-@pytest.fixture(scope="module")
-def fuzz_service(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("svc-fuzz")
+@pytest.fixture(scope="module", params=["sqlite-open", "postgresql-keys"])
+def fuzz_service(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"svc-fuzz-{request.param}")
     # Short answers: the fuzzer asks many questions and each one really runs the model.
-    svc = start_service(tmp, None, "fuzz", extra_env={"RAGSVC_MAX_TOKENS_OFF": "16", "RAGSVC_MAX_TOKENS_ON": "16"})
+    env = {"RAGSVC_MAX_TOKENS_OFF": "16", "RAGSVC_MAX_TOKENS_ON": "16"}
+    if request.param == "sqlite-open":
+        svc = start_service(tmp, None, "fuzz", extra_env=env)
+        svc.auth_header = None
+        yield from _with_document(svc)
+        return
+    # No rate limits: the fuzzer sends hundreds of requests with one key.
+    env |= {"RAGSVC_AUTH": "on", "RAGSVC_RATE_LIMIT_ASK_PER_MINUTE": "0", "RAGSVC_RATE_LIMIT_UPLOAD_PER_MINUTE": "0",
+            "RAGSVC_RATE_LIMIT_DELETE_PER_MINUTE": "0"}
+    with new_pg_database() as url:
+        svc = start_service(tmp, url, "fuzz-pg", extra_env=env)
+        engine = make_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        try:
+            key = KeyStore(make_sessionmaker(engine)).create("admin", None, "fuzz")[0]
+            svc.auth_header = f"Authorization: Bearer {key}"
+            svc.client.headers["authorization"] = f"Bearer {key}"
+            yield from _with_document(svc)
+        finally:
+            engine.dispose()
+
+
+def _with_document(svc):
     try:
         # One real document, so generated questions also reach retrieval and generation, not only 404s.
         r = svc.upload([("fuzz.txt", b"The Quintaro ferry leaves pier 6 at 23:40 every night.\n")])
@@ -44,11 +68,13 @@ def test_no_server_error_and_responses_match_the_schema(fuzz_service, tmp_path):
            "--checks", "not_a_server_error,response_schema_conformance",
            "--phases", "examples,coverage,fuzzing", "--request-timeout", "120",
            "--report", "har", "--report-har-path", str(har)]
+    if fuzz_service.auth_header:
+        cmd += ["--header", fuzz_service.auth_header]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path,
                          env=os.environ | {"NO_COLOR": "1"})
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    (artifacts / "schemathesis.txt").write_text(out.stdout + out.stderr)
+    (artifacts / f"schemathesis-{fuzz_service.db}.txt").write_text(out.stdout + out.stderr)
     assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
     entries = json.loads(har.read_text())["log"]["entries"]
     statuses = [e["response"]["status"] for e in entries]

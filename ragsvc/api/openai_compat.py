@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.openapi.spec import Example, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ragsvc.ask import AskRequest, AskService
@@ -31,14 +33,25 @@ def _question(messages: Any) -> str:
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")
             if isinstance(content, list):  # content parts: keep the text ones
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = " ".join(_part_text(p) for p in content)
             if isinstance(content, str) and content.strip():
                 return content.strip()
     raise InvalidInput("No user message with text was found in 'messages'; the last user message is the question.")
 
 
+def _part_text(part: Any) -> str:
+    """The text of one content part; other kinds of part (images) are skipped, a malformed one refused."""
+    if not isinstance(part, dict):
+        raise InvalidInput("Each content part must be an object like {\"type\": \"text\", \"text\": \"...\"}.")
+    if part.get("type", "text") != "text":
+        return ""
+    if not isinstance(part.get("text"), str):
+        raise InvalidInput("A text content part needs a string 'text', like {\"type\": \"text\", \"text\": \"...\"}.")
+    return part["text"]
+
+
 def _collection(model: Any) -> str | None:
-    if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + "/")):
+    if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + "/")) or "\x00" in model:
         raise InvalidInput(f"'model' must be {MODEL!r} or '{MODEL}/<collection>'; got {model!r}.")
     return model.split("/", 1)[1] if "/" in model else None  # None: the key's collection, else default
 
@@ -74,7 +87,36 @@ def _max_tokens(body: dict) -> int | None:
     return value
 
 
-@post("/v1/chat/completions", status_code=200, tags=["openai"])
+@dataclass
+class ChatOperation(Operation):
+    """The request body, documented by hand (the handler reads the JSON itself so that unknown OpenAI
+    fields are ignored and each malformed part gets its own sentence); the schema lets clients and the
+    fuzzer build real message lists."""
+
+    def __post_init__(self) -> None:
+        text = Schema(type=OpenAPIType.STRING)
+        part = Schema(type=OpenAPIType.OBJECT, required=["type", "text"], properties={
+            "type": Schema(type=OpenAPIType.STRING, enum=["text"]), "text": text})
+        message = Schema(type=OpenAPIType.OBJECT, required=["role", "content"], properties={
+            "role": Schema(type=OpenAPIType.STRING, enum=["system", "user", "assistant"]),
+            "content": Schema(one_of=[text, Schema(type=OpenAPIType.ARRAY, items=part)])})
+        schema = Schema(type=OpenAPIType.OBJECT, required=["messages"], properties={
+            "model": Schema(type=OpenAPIType.STRING, description=f"{MODEL!r} or '{MODEL}/<collection>'.",
+                            examples=[MODEL, f"{MODEL}/manuals"]),
+            "messages": Schema(type=OpenAPIType.ARRAY, items=message, min_items=1,
+                               description="The last user message is the question."),
+            "stream": Schema(type=OpenAPIType.BOOLEAN),
+            "mode": Schema(type=OpenAPIType.STRING, enum=["auto", "on", "off"]),
+            "include_reasoning": Schema(type=OpenAPIType.BOOLEAN),
+            "max_tokens": Schema(type=OpenAPIType.INTEGER, minimum=1),
+            "max_completion_tokens": Schema(type=OpenAPIType.INTEGER, minimum=1),
+        })
+        self.request_body = RequestBody(required=True, content={"application/json": OpenAPIMediaType(
+            schema=schema, examples={"question": Example(summary="A question to the default collection", value={
+                "model": MODEL, "messages": [{"role": "user", "content": "How do I change my login shell?"}]})})})
+
+
+@post("/v1/chat/completions", status_code=200, tags=["openai"], operation_class=ChatOperation)
 async def chat_completions(request: Request, asker: AskService, principal: Principal) -> Response:
     """OpenAI-compatible chat completion answered from a collection's documents."""
     try:

@@ -49,14 +49,21 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, NotFoundException) and detail == "Not Found":
         detail = f"There is nothing at {request.url.path}; see /schema for the API."
     if exc.status_code == 413:
-        detail = f"The upload is too large: {detail}. Raise RAGSVC_MAX_UPLOAD_MB or send smaller files."
+        settings = request.app.state.settings
+        if request.method == "POST" and request.url.path.rstrip("/") == "/v1/documents":
+            detail = (f"The upload is over {settings.max_upload_mb} MiB. Raise RAGSVC_MAX_UPLOAD_MB "
+                      "or send smaller files.")
+        else:
+            detail = (f"The request body is over {settings.max_json_body_kb} KiB, the most this route takes "
+                      "(RAGSVC_MAX_JSON_BODY_KB); only uploads take large bodies.")
     headers = dict(exc.headers or {})
     if exc.status_code == 429:
         # Litestar's limiter says when the window resets (RateLimit-Reset); clients read Retry-After.
         wait = headers.get("RateLimit-Reset", "60")
         headers["Retry-After"] = wait
         detail = (f"This API key has used its requests for this minute; try again in {wait} s "
-                  "(limits: RAGSVC_RATE_LIMIT_ASK_PER_MINUTE, RAGSVC_RATE_LIMIT_UPLOAD_PER_MINUTE).")
+                  "(limits: RAGSVC_RATE_LIMIT_ASK_PER_MINUTE, RAGSVC_RATE_LIMIT_UPLOAD_PER_MINUTE, "
+                  "RAGSVC_RATE_LIMIT_DELETE_PER_MINUTE).")
     return problem(request, exc.status_code, _title(exc.status_code), str(detail), headers=headers)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -17,14 +18,17 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy import text
 
+from ragsvc.api.executors import UPLOAD_EXECUTOR, run_in
 from ragsvc.api.openai_compat import chat_completions
 from ragsvc.api.problems import problem
 from ragsvc.api.web import index, static
 from ragsvc.ask import AskRequest, AskService
 from ragsvc.auth import Principal
 from ragsvc.documents import DocumentService, Upload
-from ragsvc.errors import InvalidInput, RagsvcError
+from ragsvc.errors import InvalidInput, NotFound, RagsvcError
 from ragsvc.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,7 +77,9 @@ class DocumentController(Controller):
     path = "/v1/documents"
     tags = ["documents"]
 
-    @post("/", status_code=HTTP_202_ACCEPTED, operation_class=UploadOperation)
+    # The one route with large bodies: its limit (RAGSVC_MAX_UPLOAD_MB) is set on this controller by
+    # create_app; every other route has the small RAGSVC_MAX_JSON_BODY_KB.
+    @post("/", status_code=HTTP_202_ACCEPTED, operation_class=UploadOperation, opt={"body": "form"})
     async def upload(self, request: Request, documents: DocumentService, settings: Settings,
                      principal: Principal) -> dict:
         """Upload files as ``multipart/form-data``: one or more ``files`` fields, an optional ``collection``
@@ -93,17 +99,19 @@ class DocumentController(Controller):
                 uploads.append(Upload(item.filename or "upload", await item.read()))
         collection = principal.collection_for(str(form.get("collection") or "") or None, "write",
                                               "uploading documents")
-        replaces = form.get("replaces") or None
-        created = await asyncio.to_thread(documents.create, collection, uploads,
-                                          str(replaces) if replaces else None)
+        replaces = no_nul(str(form.get("replaces") or ""), "replaces") or None
+        # Storing and fsyncing on the upload pool (bounded): a burst of uploads waits there, not in the
+        # default executor the other handlers use.
+        created = await run_in(UPLOAD_EXECUTOR, documents.create, collection, uploads,
+                               str(replaces) if replaces else None)
         return {"documents": created}
 
     @get("/", sync_to_thread=True)
     def list_documents(self, documents: DocumentService, principal: Principal, collection: str | None = None,
                        status: str | None = None) -> dict:
         if collection or principal.collection:
-            collection = principal.collection_for(collection, "read", "listing documents")
-        return {"documents": documents.list(collection, status)}
+            collection = principal.collection_for(no_nul(collection, "collection"), "read", "listing documents")
+        return {"documents": documents.list(collection, no_nul(status, "status"))}
 
     @get("/{document_id:str}", sync_to_thread=True)
     def get_document(self, document_id: str, documents: DocumentService, principal: Principal) -> dict:
@@ -116,7 +124,16 @@ class DocumentController(Controller):
         documents.delete(document_id)
 
 
+def no_nul(value: str | None, what: str) -> str | None:
+    """Refuse a NUL character in a name or filter: PostgreSQL cannot store one, so the query would fail."""
+    if value and "\x00" in value:
+        raise InvalidInput(f"'{what}' contains a NUL character (\\u0000); names and ids never do.")
+    return value
+
+
 def _visible_document(documents: DocumentService, principal: Principal, document_id: str) -> dict:
+    if "\x00" in document_id:  # PostgreSQL refuses NUL in text: no such id can exist
+        raise NotFound(f"There is no document with id {document_id.replace(chr(0), '')!r}.")
     doc = documents.get(document_id)
     principal.check_visible(doc["collection"], f"document with id {document_id!r}")
     return doc
@@ -141,12 +158,14 @@ class CollectionController(Controller):
 
     @get("/{name:str}", sync_to_thread=True)
     def get_collection(self, name: str, documents: DocumentService, principal: Principal) -> dict:
-        return documents.get_collection(principal.collection_for(name, "read", "reading a collection"))
+        return documents.get_collection(principal.collection_for(no_nul(name, "collection name"), "read",
+                                                                 "reading a collection"))
 
     @delete("/{name:str}", status_code=HTTP_204_NO_CONTENT, sync_to_thread=True)
     def delete_collection(self, name: str, documents: DocumentService, principal: Principal) -> None:
         """Delete the collection with all its documents, chunks, vectors and stored files."""
-        documents.delete_collection(principal.collection_for(name, "admin", "deleting a collection"))
+        documents.delete_collection(principal.collection_for(no_nul(name, "collection name"), "admin",
+                                                             "deleting a collection"))
 
 
 @get("/v1/jobs", sync_to_thread=True, tags=["documents"])
@@ -154,7 +173,7 @@ def list_jobs(documents: DocumentService, principal: Principal, status: str | No
               limit: int = 200) -> dict:
     """The ingestion queue, newest first: status, stage, progress, attempts, worker, and each job's
     history of attempts (worker, start, end, outcome: done, failed, lost, abandoned or requeued)."""
-    return {"jobs": documents.jobs(status, limit, principal.collection)}
+    return {"jobs": documents.jobs(no_nul(status, "status"), limit, principal.collection)}
 
 
 ASK_EXAMPLES = [
@@ -173,6 +192,9 @@ async def ask(data: Annotated[AskBody, Body(title="Question", examples=ASK_EXAMP
               asker: AskService, principal: Principal) -> Response:
     """Answer a question from the collection's documents, with citations; ``stream: true`` for SSE."""
     fields = {k: v for k, v in data.__dict__.items() if k != "stream"}
+    no_nul(data.collection, "collection")
+    for doc_id in data.document_ids or []:
+        no_nul(doc_id if isinstance(doc_id, str) else "", "document_ids")
     fields["collection"] = principal.collection_for(data.collection, "read", "asking")
     req = AskRequest(**fields)
     if not data.stream:
@@ -210,13 +232,34 @@ async def health() -> dict:
 
 @get("/ready", tags=["ops"])
 async def ready(request: Request, state: State) -> Response:
-    """200 once the database, the index store and the engine are ready; 503 naming what is missing."""
+    """200 once the database, the index store and the engine are ready; 503 naming what is missing and
+    what to do. Public, so it names components and settings only: the exception text (paths, URLs,
+    driver messages) goes to the log."""
     checks = await asyncio.to_thread(_checks, state)
     missing = {k: v for k, v in checks.items() if v != "ok"}
     if missing:
         return problem(request, 503, "Not ready", "Not ready yet: " + "; ".join(
             f"{k}: {v}" for k, v in missing.items()), checks=checks, retry_after=5)
     return Response({"status": "ready", "checks": checks})
+
+
+READY_FIXES = {
+    "database": "the database does not answer; check RAGSVC_DATABASE_URL and that the database server runs "
+                "(details in the server log)",
+    "index_store": "the index folder cannot be used; check that RAGSVC_INDEX_DIR exists and is writable "
+                   "(details in the server log)",
+    "engine": "the language model is not available; check RAGSVC_LLM_URL or RAGSVC_LLM_MODEL (details in "
+              "the server log)",
+}
+_last_logged: dict[str, str] = {}
+
+
+def _failed(component: str, reason: str) -> str:
+    """Log the real reason (once per change, probes come every few seconds); answer the fix."""
+    if _last_logged.get(component) != reason:
+        _last_logged[component] = reason
+        log.warning("/ready: %s is not ready: %s", component, reason)
+    return READY_FIXES[component]
 
 
 def _checks(state: State) -> dict[str, str]:
@@ -226,18 +269,21 @@ def _checks(state: State) -> dict[str, str]:
             session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        checks["database"] = f"unreachable ({type(exc).__name__})"
+        checks["database"] = _failed("database", f"{type(exc).__name__}: {exc}")
     try:
         state.index_store.check()
         checks["index_store"] = "ok"
     except Exception as exc:  # noqa: BLE001
-        checks["index_store"] = str(exc)
+        checks["index_store"] = _failed("index_store", f"{type(exc).__name__}: {exc}")
     slot = state.engine
     gen = slot.generator
     if gen is None:
-        checks["engine"] = slot.error or "loading the model"
+        checks["engine"] = _failed("engine", slot.error) if slot.error else "loading the model"
     else:
-        checks["engine"] = gen.health() or "ok"
+        checks["engine"] = _failed("engine", problem_text) if (problem_text := gen.health()) else "ok"
+    for name, value in checks.items():
+        if value == "ok":
+            _last_logged.pop(name, None)
     return checks
 
 
