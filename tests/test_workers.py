@@ -117,6 +117,10 @@ def test_worker_stopped_past_its_lease_writes_nothing_after_another_took_over(tm
     # The index holds exactly the ready rows' vectors: none left over from the first worker.
     ids = index_ids(settings, final.collection_id)
     assert sorted(ids) == chunk_ids
+    # And the operator's own check says so: every vector has its ready row and every ready row its vector.
+    check = subprocess.run([RAGSVC, "index", "check"], env=base_env(tmp_path) | {"RAGSVC_DATABASE_URL": db_url},
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
     assert job.status == "done" and job.attempts == 2
     assert [(a.attempt, a.worker) for a in history] == [(1, worker_id(first)), (2, worker_id(second))]
     assert history[0].outcome in ("lost", "abandoned") and history[1].outcome == "done"
