@@ -267,8 +267,14 @@ class IndexStore:
         data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
         path = folder / MANIFEST
         new = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A writer killed mid-append left a torn line, which readers ignore; appending after it
+                # would glue it to this line, so cut it off first (readers never consumed it).
+                tail = os.pread(fd, size, 0)
+                os.ftruncate(fd, tail.rfind(b"\n") + 1)
             os.write(fd, data)
             os.fsync(fd)
         finally:
@@ -537,12 +543,13 @@ class IndexStore:
             return []
         tiers: dict[int, list[_Segment]] = {}
         for seg in snap.segments:
-            if len(seg.dead) > TOMBSTONE_SHARE * len(seg.ids) or len(seg.dead) == len(seg.ids):
-                return [seg.info]
             tiers.setdefault(_tier(len(seg.ids) - len(seg.dead)), []).append(seg)
-        for tier in sorted(tiers):
+        for tier in sorted(tiers):  # a merge applies its segments' tombstones too
             if len(tiers[tier]) >= MERGE_FACTOR:
                 return [seg.info for seg in tiers[tier]]
+        for seg in snap.segments:
+            if len(seg.dead) > TOMBSTONE_SHARE * len(seg.ids):
+                return [seg.info]
         return []
 
     def compact(self, collection_id: str, merge: list[str] | None = None) -> dict | None:
@@ -575,6 +582,15 @@ class IndexStore:
                     return None
                 for s in chosen:
                     del state.segments[s.info.name]
+                # Tombstones this merge applied hide nothing any more, unless another live segment holds
+                # the id too (an older copy of a re-added id): keep those, drop the rest.
+                others = [o for o in snap.segments if o.info.name in state.segments]
+                for s in chosen:
+                    for i in s.dead:
+                        t = state.tombstones.get(int(i))
+                        if t is not None and not any(o.info.seq < t and _member(o.ids, np.array([i]))[0]
+                                                     for o in others):
+                            del state.tombstones[int(i)]
                 if new_name:
                     state.segments[new_name] = SegmentInfo(seq, new_name, len(ids), new_bytes, kind)
                 self._rewrite(folder, state)
