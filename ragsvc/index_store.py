@@ -182,7 +182,9 @@ class IndexStore:
         self.kind = kind
         self.ivf_min_vectors = ivf_min_vectors
         self.nprobe = nprobe
-        self.use_gpu = False  # segments search on the CPU; see docs/benchmarks.md
+        # Segments search on the CPU: a GPU copy per segment, kept in step with tombstones, is not built
+        # yet (``RAGSVC_FAISS_GPU`` is accepted and has no effect on the segmented store).
+        self.use_gpu = False
         self.root.mkdir(parents=True, exist_ok=True)
         self._snapshots: dict[str, _Snapshot] = {}
         self._manifests: dict[str, _Manifest] = {}
