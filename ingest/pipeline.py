@@ -172,8 +172,10 @@ class Pipeline:
         ids, stale = self._write_rows(document_id, chunks, hashes, vectors, lease)
         try:
             with self._fenced(lease) as session:
-                self.store.remove(collection_id, stale)  # what an earlier attempt of this job left behind
-                self.store.add(collection_id, ids, vectors)
+                # What an earlier attempt of this job left behind, then this attempt's new rows (fresh ids:
+                # nothing to look up, so the worker loads none of the collection's segments to write).
+                self.store.remove(collection_id, stale, count=False)
+                self.store.add(collection_id, ids, vectors, fresh=True)
                 session.commit()  # ends the fence's transaction: the lease was held throughout
         except OSError as exc:
             # The index is written aside and renamed, so the served one is still whole; the rows stay
@@ -230,7 +232,7 @@ class Pipeline:
                                    .where(Chunk.document_id == document_id)).one()
             if not found or tuple(held) != (len(ids), min(ids), max(ids)):
                 session.rollback()
-                self.store.remove(collection_id, ids)  # a delete may have read the ids before they were added
+                self.store.remove(collection_id, ids, count=False)  # a delete may have read the ids before they were added
                 if not found:
                     raise IngestError("The document was deleted while it was being ingested.")
                 raise IngestError("The document's chunks were replaced by another ingestion attempt meanwhile.")
@@ -243,7 +245,7 @@ class Pipeline:
                 session.delete(old)  # same transaction as "ready": search sees one version or the other
             session.commit()
         if old is not None:
-            self.store.remove(collection_id, old_chunk_ids)
+            self.store.remove(collection_id, old_chunk_ids, count=False)
             if old_folder and self.files_dir and old_folder.parent == self.files_dir.resolve():
                 shutil.rmtree(old_folder, ignore_errors=True)
             return old.id

@@ -318,8 +318,10 @@ class IndexStore:
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
         return index
 
-    def add(self, collection_id: str, ids: list[int], vectors: np.ndarray) -> None:
-        """One new segment with these vectors; ids already live (a retried job) are tombstoned first."""
+    def add(self, collection_id: str, ids: list[int], vectors: np.ndarray, fresh: bool = False) -> None:
+        """One new segment with these vectors; ids already live are tombstoned first (their older copies
+        stop counting). ``fresh``: the caller knows no id is live (new chunk rows: ids are never reused),
+        so the write loads none of the collection's segments."""
         if not len(ids):
             return
         id_arr = np.asarray(ids, dtype=np.int64)
@@ -327,7 +329,7 @@ class IndexStore:
         name, size = self._write_segment(folder, self._new_flat(id_arr, vectors), "flat")
         with self._file_lock(collection_id):
             state = self._manifest(collection_id)
-            live = self._live_ids_of(collection_id, state, id_arr)
+            live = np.zeros(0, dtype=np.int64) if fresh else self._live_ids_of(collection_id, state, id_arr)
             lines = []
             if len(live):
                 lines.append({"op": "del", "seq": state.next_seq, "ids": live.tolist()})
@@ -341,18 +343,20 @@ class IndexStore:
         hit = [ids[_member(seg.ids, ids) & ~_dead_mask(seg, ids)] for seg in snap.segments]
         return np.unique(np.concatenate(hit)) if hit else np.zeros(0, dtype=np.int64)
 
-    def remove(self, collection_id: str, ids: list[int]) -> int:
-        """Tombstone the ids that are live; returns how many were. One manifest line, no segment rewritten."""
+    def remove(self, collection_id: str, ids: list[int], count: bool = True) -> int:
+        """Tombstone the ids that are live; returns how many were. One manifest line, no segment rewritten.
+        ``count=False``: tombstone them all without loading the segments to count (returns 0); a
+        tombstone of an id that no segment holds hides nothing and the next compaction drops it."""
         if not len(ids) or not (self._dir(collection_id) / MANIFEST).exists() and not (
                 self._dir(collection_id) / LEGACY_FILE).exists():
             return 0
         id_arr = np.unique(np.asarray(ids, dtype=np.int64))
         with self._file_lock(collection_id):
             state = self._manifest(collection_id)
-            live = self._live_ids_of(collection_id, state, id_arr)
+            live = self._live_ids_of(collection_id, state, id_arr) if count else id_arr
             if len(live):
                 self._append(self._dir(collection_id), [{"op": "del", "seq": state.next_seq, "ids": live.tolist()}])
-        return len(live)
+        return len(live) if count else 0
 
     def drop(self, collection_id: str) -> None:
         shutil.rmtree(self._dir(collection_id), ignore_errors=True)
@@ -584,15 +588,17 @@ class IndexStore:
                     return None
                 for s in chosen:
                     del state.segments[s.info.name]
-                # Tombstones this merge applied hide nothing any more, unless another live segment holds
-                # the id too (an older copy of a re-added id): keep those, drop the rest.
-                others = [o for o in snap.segments if o.info.name in state.segments]
-                for s in chosen:
-                    for i in s.dead:
-                        t = state.tombstones.get(int(i))
-                        if t is not None and not any(o.info.seq < t and _member(o.ids, np.array([i]))[0]
-                                                     for o in others):
-                            del state.tombstones[int(i)]
+                # Keep only the tombstones that still hide something: an id that a remaining segment
+                # older than the tombstone holds (those this merge applied, and those of ids no segment
+                # ever held, go).
+                if state.tombstones:
+                    t_ids = np.fromiter(state.tombstones.keys(), dtype=np.int64, count=len(state.tombstones))
+                    t_seq = np.fromiter(state.tombstones.values(), dtype=np.int64, count=len(state.tombstones))
+                    keep = _member(np.sort(ids), t_ids) & (seq < t_seq)
+                    for o in snap.segments:
+                        if o.info.name in state.segments:
+                            keep |= _member(o.ids, t_ids) & (o.info.seq < t_seq)
+                    state.tombstones = {int(i): int(q) for i, q in zip(t_ids[keep], t_seq[keep])}
                 if new_name:
                     state.segments[new_name] = SegmentInfo(seq, new_name, len(ids), new_bytes, kind)
                 self._rewrite(folder, state)

@@ -198,10 +198,10 @@ class PausingStore(IndexStore):
         self.paused.set()
         assert self.go.wait(120), "the test never released the worker"
 
-    def add(self, collection_id, ids, vectors):
+    def add(self, collection_id, ids, vectors, **kw):
         if self.pause == "before the vectors":
             self._hold()
-        super().add(collection_id, ids, vectors)
+        super().add(collection_id, ids, vectors, **kw)
         if self.pause == "after the vectors":
             self._hold()
 
@@ -253,8 +253,8 @@ def _ingest_and_die_after_index_write(url: str, data_dir: str, index_dir: str, d
     """Child process: the real pipeline, SIGKILLed the moment its vectors are on disk."""
 
     class DyingStore(IndexStore):
-        def add(self, collection_id, ids, vectors):
-            super().add(collection_id, ids, vectors)
+        def add(self, collection_id, ids, vectors, **kw):
+            super().add(collection_id, ids, vectors, **kw)
             os.kill(os.getpid(), signal.SIGKILL)
 
     settings = Settings(data_dir=data_dir, index_dir=index_dir, database_url=url)
