@@ -142,6 +142,22 @@ def test_a_torn_manifest_line_is_ignored_and_cut_by_the_next_writer(tmp_path):
     assert IndexStore(tmp_path, DIM).size("c") == 400
 
 
+def test_ivf_sq8_segments_hold_a_quarter_of_the_memory_and_still_search_and_delete(tmp_path):
+    vecs = unit(6000, seed=4)
+    held = {}
+    for kind in ("ivf", "ivf_sq8"):
+        store = IndexStore(tmp_path / kind, DIM, kind=kind, ivf_min_vectors=4000, nprobe=64)
+        store.add("c", list(range(6000)), vecs)
+        store.compact("c", [seg.name for seg in store.segments("c")])
+        assert [seg.kind for seg in store.segments("c")] == [kind]
+        held[kind] = store.memory_bytes("c") / store.size("c")
+        top = [store.search("c", vecs[i], 1)[0][0] for i in range(0, 6000, 60)]
+        assert np.mean(np.array(top) == np.arange(0, 6000, 60)) >= 0.95
+        assert store.remove("c", [0, 60, 120]) == 3
+        assert not {h for h, _ in store.search("c", vecs[60], 10)} & {0, 60, 120}
+    assert held["ivf"] > 1500 and held["ivf_sq8"] < held["ivf"] / 3, held
+
+
 # --- the database, the pipeline and killed processes ---------------------------------------------------
 
 @pytest.fixture(scope="module")
