@@ -63,19 +63,27 @@ class Pipeline:
             session.commit()
 
     def _reusable(self, replaces_id: str | None, collection_id: str, hashes: list[str]) -> dict[str, np.ndarray]:
-        """Vectors of the previous version's chunks whose embedded text is unchanged, by content hash."""
+        """Vectors of the previous version's chunks whose embedded text is unchanged, by content hash.
+
+        Read from the rows (``chunks.embedding``, the source of truth), so reuse works whatever kind of
+        index holds them; rows from before that column existed fall back to the index."""
         if not replaces_id:
             return {}
         with self.sessions() as session:
             # Only a previous version in this collection: a vector is looked up by id in this
             # collection's index, and an id from another collection's row would name something else.
             rows = session.execute(
-                select(Chunk.id, Chunk.content_hash).join(Document, Document.id == Chunk.document_id)
+                select(Chunk.id, Chunk.content_hash, Chunk.embedding).join(Document, Document.id == Chunk.document_id)
                 .where(Chunk.document_id == replaces_id, Document.collection_id == collection_id,
                        Chunk.content_hash.in_(set(hashes)))
             ).all()
-        vecs = self.store.vectors(collection_id, [cid for cid, _ in rows])
-        return {h: vecs[cid] for cid, h in rows if cid in vecs}
+        dim = self.embedder.dim
+        out = {h: np.frombuffer(blob, dtype=np.float32) for _, h, blob in rows if blob and len(blob) == 4 * dim}
+        legacy = [cid for cid, h, blob in rows if h not in out]
+        if legacy:
+            vecs = self.store.vectors(collection_id, legacy)
+            out.update({h: vecs[cid] for cid, h, _ in rows if cid in vecs and h not in out})
+        return out
 
     def process(self, document_id: str, lease: Lease | NoLease = NO_LEASE) -> dict:
         """Ingest one document; raises ``IngestError`` with a user-facing reason when it cannot, and
@@ -144,7 +152,8 @@ class Pipeline:
         1. The chunk rows are committed while the document is still ``processing``: retrieval, which
            only returns rows of ready documents of the asked collection, does not see them yet, and a
            delete from now on finds their ids (it deletes the rows and then their vectors).
-        2. The vectors are written to the collection's index.
+        2. The vectors (already stored with the rows) are written to the collection's index: one new
+           segment over just this document's vectors, and a tombstone for a failed attempt's.
         3. One transaction makes the document ready, if it still exists with exactly these rows;
            otherwise (deleted meanwhile, or taken over by another attempt) the vectors just written
            are removed again and the document is not made ready.
@@ -160,11 +169,13 @@ class Pipeline:
         wrote before losing it belong to rows that the next attempt deletes, with their vectors, in its
         step 1.
         """
-        ids, stale = self._write_rows(document_id, chunks, hashes, lease)
+        ids, stale = self._write_rows(document_id, chunks, hashes, vectors, lease)
         try:
             with self._fenced(lease) as session:
-                self.store.remove(collection_id, stale)  # what an earlier attempt of this job left behind
-                self.store.add(collection_id, ids, vectors)
+                # What an earlier attempt of this job left behind, then this attempt's new rows (fresh ids:
+                # nothing to look up, so the worker loads none of the collection's segments to write).
+                self.store.remove(collection_id, stale, count=False)
+                self.store.add(collection_id, ids, vectors, fresh=True)
                 session.commit()  # ends the fence's transaction: the lease was held throughout
         except OSError as exc:
             # The index is written aside and renamed, so the served one is still whole; the rows stay
@@ -174,7 +185,7 @@ class Pipeline:
                               "space or fix the index folder's permissions, then upload the file again.") from exc
         return self._make_ready(document_id, collection_id, replaces_id, ids, parsed, reused, lease)
 
-    def _write_rows(self, document_id: str, chunks: list, hashes: list[str],
+    def _write_rows(self, document_id: str, chunks: list, hashes: list[str], vectors: np.ndarray,
                     lease: Lease | NoLease) -> tuple[list[int], list[int]]:
         """Commit the chunk rows of a not-yet-ready document; returns (their ids, ids of rows they replaced)."""
         with self._fenced(lease) as session:
@@ -188,8 +199,9 @@ class Pipeline:
             rows = [
                 Chunk(document_id=document_id, ordinal=i, text=c.text, heading_path=c.heading_path,
                       page_start=c.page, page_end=c.page, page_label=c.page_label, char_start=c.char_start,
-                      char_end=c.char_end, token_count=c.token_count, content_hash=h)
-                for i, (c, h) in enumerate(zip(chunks, hashes))
+                      char_end=c.char_end, token_count=c.token_count, content_hash=h,
+                      embedding=np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                for i, (c, h, v) in enumerate(zip(chunks, hashes, vectors))
             ]
             session.add_all(rows)
             try:
@@ -220,7 +232,7 @@ class Pipeline:
                                    .where(Chunk.document_id == document_id)).one()
             if not found or tuple(held) != (len(ids), min(ids), max(ids)):
                 session.rollback()
-                self.store.remove(collection_id, ids)  # a delete may have read the ids before they were added
+                self.store.remove(collection_id, ids, count=False)  # a delete may have read the ids before they were added
                 if not found:
                     raise IngestError("The document was deleted while it was being ingested.")
                 raise IngestError("The document's chunks were replaced by another ingestion attempt meanwhile.")
@@ -233,7 +245,7 @@ class Pipeline:
                 session.delete(old)  # same transaction as "ready": search sees one version or the other
             session.commit()
         if old is not None:
-            self.store.remove(collection_id, old_chunk_ids)
+            self.store.remove(collection_id, old_chunk_ids, count=False)
             if old_folder and self.files_dir and old_folder.parent == self.files_dir.resolve():
                 shutil.rmtree(old_folder, ignore_errors=True)
             return old.id

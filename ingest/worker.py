@@ -254,8 +254,21 @@ class Worker:
                 log.warning("database still unreachable; retrying in %.0f s", self.settings.worker_poll_s)
                 self.stop.wait(max(self.settings.worker_poll_s, 1.0))
 
+    def compact_indexes(self) -> None:
+        """Merge small index segments and apply tombstones, off the jobs' path (its own thread, see
+        run_forever): a merge that trains IVF lists at 1M vectors takes a minute and must not hold up
+        the next document. One compaction per collection at a time, across workers (a file lock)."""
+        while not self.stop.is_set():
+            try:
+                self.pipeline.store.compact_all()
+                self.pipeline.store.sweep_all()
+            except Exception:  # noqa: BLE001 - the segments stay searchable as they are; retried next round
+                log.exception("index compaction failed")
+            self.stop.wait(max(self.settings.worker_poll_s, 1.0))
+
     def run_forever(self) -> None:
         log.info("worker %s polling for jobs", self.worker_id)
+        threading.Thread(target=self.compact_indexes, name="compaction", daemon=True).start()
         while not self.stop.is_set():
             try:
                 if self.run_one():

@@ -201,7 +201,7 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
         embedder = make_embedder(settings) if args.repair else None
         store = make_index_store(settings, embedder.dim if embedder else 0)
         try:
-            reports = check(sessions, store, args.collection)
+            reports = check(sessions, store, args.collection, args.garbage_age_s)
             for report in reports:
                 if args.repair and report.problems:
                     repair(sessions, store, embedder, report)
@@ -218,6 +218,39 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{problems} problem(s) {verb} in {len(reports)} index(es)" if problems else
               f"{len(reports)} index(es) agree with the database")
     return 1 if problems and not args.repair else 0
+
+
+def cmd_index_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    """Recreate collections' FAISS segments from ``chunks.embedding``; prints one JSON line each."""
+    from sqlalchemy import func, select
+
+    from ragsvc.db import Chunk
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.index_check import collection_exists
+    from ragsvc.index_rebuild import rebuild
+    from ragsvc.index_store import make_index_store
+
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        if args.collection is not None and not collection_exists(sessions, args.collection):
+            print(f"There is no collection named {args.collection!r}; `ragsvc index rebuild` without a name "
+                  "rebuilds them all.", file=sys.stderr)
+            return 2
+        with sessions() as session:  # the dimension from a stored vector: no model to load
+            size = session.scalar(select(func.length(Chunk.embedding)).where(Chunk.embedding.is_not(None)).limit(1))
+        if size is None:
+            from ragsvc.embedder import make_embedder
+            dim = make_embedder(settings).dim
+        else:
+            dim = size // 4
+        store = make_index_store(settings, dim)
+        # TODO(keyword engineer): call the keyword index's rebuild hook here once it exists.
+        for line in rebuild(sessions, store, dim, args.collection):
+            print(json.dumps(line))
+    finally:
+        engine.dispose()
+    return 0
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -298,7 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="remove vectors without a ready row; embed ready rows without a vector again and add them")
     xc.add_argument("--collection", help="only this collection (default: all, and stray index folders)")
     xc.add_argument("--json", action="store_true", help="one JSON object per index instead of a sentence")
-    x.set_defaults(func=cmd_index)
+    xc.add_argument("--garbage-age-s", type=float, default=600.0,
+                    help="report segment files not in the manifest once they are this old (a younger one may "
+                         "be a write in progress)")
+    xc.set_defaults(func=cmd_index)
+    xr = xsub.add_parser("rebuild", help="recreate the FAISS segments from the vectors stored in the database "
+                                         "(nothing is embedded)")
+    xr.add_argument("collection", nargs="?", help="only this collection (default: all)")
+    xr.set_defaults(func=cmd_index_rebuild)
     c = sub.add_parser("cleanup", help="remove stored upload files that no document owns")
     c.add_argument("--grace-s", type=float, default=3600.0,
                    help="only files older than this many seconds (an upload may be in flight)")

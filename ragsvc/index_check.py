@@ -12,6 +12,10 @@ are problems (issue 12, item 3):
   the honest repair, cheaper than re-ingesting the document, and it needs neither the original file
   nor a worker.
 
+A segment file that the collection's manifest does not name, older than ``--garbage-age-s``, is left
+by a write or compaction killed before its manifest line (ragsvc/index_store.py): it is never
+searched, only wastes space, and ``--repair`` deletes it (workers sweep them too, after 10 minutes).
+
 Vectors of documents still being ingested (``queued`` or ``processing``) belong to a running (or to be
 retried) job: they are counted, and left to it. An index folder whose collection no longer exists (a
 worker wrote to it while the collection was being deleted) is a problem too; ``--repair`` removes it.
@@ -32,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ragsvc.db import Chunk, Collection, Document, DocumentStatus
 from ragsvc.embedder import Embedder
-from ragsvc.index_store import IndexStore
+from ragsvc.index_store import GARBAGE_AGE_S, IndexStore
 
 IN_FLIGHT = (DocumentStatus.QUEUED, DocumentStatus.PROCESSING)
 BATCH = 500  # ids per SQL IN list and texts per embedding call
@@ -48,18 +52,19 @@ class Report:
     missing: list[int] = field(default_factory=list)  # ready rows without a vector
     pending: int = 0  # vectors of documents still being ingested
     stray: bool = False  # an index folder whose collection no longer exists
+    garbage: list[str] = field(default_factory=list)  # segment files no manifest names (a killed write)
     removed: int = 0
     added: int = 0
 
     @property
     def problems(self) -> int:
-        return len(self.orphans) + len(self.missing) + int(self.stray)
+        return len(self.orphans) + len(self.missing) + int(self.stray) + len(self.garbage)
 
     def as_dict(self) -> dict:
         return {"collection": self.collection, "collection_id": self.collection_id, "vectors": self.vectors,
                 "ready_chunks": self.ready_chunks, "vectors_without_ready_row": self.orphans,
                 "ready_rows_without_vector": self.missing, "vectors_in_flight": self.pending,
-                "stray_index_folder": self.stray, "removed": self.removed, "added": self.added}
+                "stray_index_folder": self.stray, "segment_files_not_in_manifest": self.garbage, "removed": self.removed, "added": self.added}
 
     def describe(self) -> str:
         if self.stray:
@@ -71,6 +76,8 @@ class Report:
             parts.append(f"{len(self.orphans)} vector(s) without a ready row (ids {_sample(self.orphans)})")
         if self.missing:
             parts.append(f"{len(self.missing)} ready chunk(s) without a vector (ids {_sample(self.missing)})")
+        if self.garbage:
+            parts.append(f"{len(self.garbage)} segment file(s) not in the manifest (left by a killed write)")
         if self.pending:
             parts.append(f"{self.pending} vector(s) of documents still being ingested, left to their worker")
         if self.removed or self.added:
@@ -83,7 +90,7 @@ def _sample(ids: list[int], n: int = 10) -> str:
 
 
 def check_collection(sessions: sessionmaker[Session], store: IndexStore, collection_id: str,
-                     name: str) -> Report:
+                     name: str, garbage_age_s: float = GARBAGE_AGE_S) -> Report:
     in_index = store.stored_ids(collection_id)  # first: see the module docstring
     with sessions() as session:
         rows = session.execute(
@@ -99,6 +106,7 @@ def check_collection(sessions: sessionmaker[Session], store: IndexStore, collect
         orphans=np.setdiff1d(not_ready, in_flight).tolist(),
         pending=len(np.intersect1d(not_ready, in_flight)),
         missing=np.setdiff1d(ready, after).tolist(),
+        garbage=[p.name for p in store.garbage(collection_id, garbage_age_s)],
     )
 
 
@@ -107,7 +115,8 @@ def collection_exists(sessions: sessionmaker[Session], name: str) -> bool:
         return session.scalar(select(Collection.id).where(Collection.name == name)) is not None
 
 
-def check(sessions: sessionmaker[Session], store: IndexStore, collection: str | None = None) -> list[Report]:
+def check(sessions: sessionmaker[Session], store: IndexStore, collection: str | None = None,
+          garbage_age_s: float = GARBAGE_AGE_S) -> list[Report]:
     """One report per collection (or only the named one), then one per stray index folder."""
     on_disk = store.collections_on_disk()  # before the collections: a folder only follows its row
     with sessions() as session:
@@ -116,7 +125,7 @@ def check(sessions: sessionmaker[Session], store: IndexStore, collection: str | 
             q = q.where(Collection.name == collection)
         colls = session.execute(q).all()
         known = set(session.scalars(select(Collection.id)))
-    reports = [check_collection(sessions, store, cid, name) for cid, name in colls]
+    reports = [check_collection(sessions, store, cid, name, garbage_age_s) for cid, name in colls]
     if collection is None:
         for folder in on_disk:
             if folder not in known:
@@ -131,6 +140,8 @@ def repair(sessions: sessionmaker[Session], store: IndexStore, embedder: Embedde
         report.removed = report.vectors
         return
     report.removed = store.remove(report.collection_id, report.orphans)
+    for name in report.garbage:  # found old enough by the check: no write in progress names them
+        (store.root / report.collection_id / name).unlink(missing_ok=True)
     for start in range(0, len(report.missing), BATCH):
         report.added += _re_embed(sessions, store, embedder, report.collection_id,
                                   report.missing[start:start + BATCH])

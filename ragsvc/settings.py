@@ -143,19 +143,22 @@ class Settings(BaseSettings):
     )
 
     # --- retrieval ----------------------------------------------------------------
-    index_kind: Literal["flat", "ivf"] = Field(
-        "flat", description="FAISS index: `flat` (exact) or `ivf` (approximate inverted file, for large "
-        "collections; a collection stays exact until it holds `RAGSVC_IVF_MIN_VECTORS`)."
+    index_kind: Literal["flat", "ivf", "ivf_sq8"] = Field(
+        "flat", description="FAISS index: `flat` (exact), `ivf` (approximate inverted file, for large "
+        "collections) or `ivf_sq8` (IVF with 8-bit codes: about 4x less memory per vector, a little recall). "
+        "New documents land in small exact segments; a compaction that merges segments to at least "
+        "`RAGSVC_IVF_MIN_VECTORS` trains the IVF kind."
     )
-    ivf_min_vectors: int = Field(100_000, description="Vectors at which an `ivf` collection is trained and converted "
-                                 "(its lists are trained again each time it doubles).")
+    ivf_min_vectors: int = Field(100_000, description="Vectors from which a merged index segment of an `ivf` or "
+                                 "`ivf_sq8` collection is trained as IVF (each merge trains lists for its own size).")
     ivf_nprobe: int = Field(
         192, description="Inverted lists an `ivf` search visits (more: better recall, slower). 192: recall@10 "
         "0.97 at 100k vectors and 0.96 at 1M (lists as the service retrains them), p99 1.2 / 4.6 ms on 2 "
         "AVX-512 CPU cores; 64 gave 0.94 / 0.92 (docs/benchmarks.md)."
     )
     faiss_gpu: bool = Field(
-        True, description="Search on the GPU when faiss-gpu sees one (the index on disk stays a CPU index)."
+        True, description="Search on the GPU when faiss-gpu sees one. Not used by the segmented index store yet "
+        "(searches run on the CPU)."
     )
     top_k: int = Field(5, description="Passages retrieved per question in `off` mode when the request gives no `top_k`.")
     top_k_on: int = Field(24, description="Passages retrieved per question in `on` (reasoning) mode by default.")

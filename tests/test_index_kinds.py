@@ -31,24 +31,31 @@ def recall_at_10(store: IndexStore, collection: str, corpus: np.ndarray, ids: np
                           for i in range(len(queries))]))
 
 
-def test_ivf_lists_are_retrained_as_the_collection_doubles_and_keep_recall(tmp_path):
+def merge_all(store: IndexStore, collection: str) -> None:
+    store.compact(collection, [seg.name for seg in store.segments(collection)])
+
+
+def test_merged_segments_are_trained_at_their_own_size_and_keep_recall(tmp_path):
     settings = Settings()
-    # Converted at 4,000 vectors (nlist = 4·√4000 = 252 lists), grown to 7,000 (lists kept), then to
-    # 12,000: past twice the size it was trained for, it is trained again (438 lists), ids kept.
+    # New documents land in small exact segments; a merge reaching 4,000 vectors trains IVF lists for
+    # its size (nlist = 4·√4000 = 252), and a later merge to 12,000 trains 438, ids kept.
     writer = IndexStore(tmp_path, DIM, kind="ivf", ivf_min_vectors=4000, nprobe=settings.ivf_nprobe)
     reader = IndexStore(tmp_path, DIM, kind="ivf", nprobe=settings.ivf_nprobe)
     vecs = clustered(12_000)
-    path = tmp_path / "c" / "index.faiss"
 
-    def nlist() -> int:
-        return faiss.extract_index_ivf(faiss.read_index(str(path))).nlist
+    def nlists() -> list:
+        return [faiss.extract_index_ivf(faiss.read_index(str(tmp_path / "c" / seg.name))).nlist
+                if seg.kind == "ivf" else "flat" for seg in writer.segments("c")]
 
     writer.add("c", list(range(4000)), vecs[:4000])
-    assert nlist() == int(4 * np.sqrt(4000)) == 252
+    assert nlists() == ["flat"]  # the write path never trains
+    merge_all(writer, "c")
+    assert nlists() == [int(4 * np.sqrt(4000))] == [252]
     writer.add("c", list(range(4000, 7000)), vecs[4000:7000])
-    assert nlist() == 252
+    assert nlists() == [252, "flat"]
     writer.add("c", list(range(7000, 12_000)), vecs[7000:])
-    assert nlist() == int(4 * np.sqrt(12_000)) == 438
+    merge_all(writer, "c")
+    assert nlists() == [int(4 * np.sqrt(12_000))] == [438]
     assert reader.size("c") == 12_000
     queries = vecs[:100] + 0.05 * np.random.default_rng(2).standard_normal((100, DIM)).astype(np.float32)
     assert recall_at_10(reader, "c", vecs, np.arange(12_000), queries) >= 0.95
@@ -57,7 +64,7 @@ def test_ivf_lists_are_retrained_as_the_collection_doubles_and_keep_recall(tmp_p
         top, score = reader.search("c", vecs[i], 1)[0]
         assert top == i and score == pytest.approx(1.0, abs=1e-5)
 
-    gone = list(range(0, 12_000, 3))  # deletes keep working on the retrained IVF index
+    gone = list(range(0, 12_000, 3))  # deletes keep working on the trained IVF segment
     assert writer.remove("c", gone) == len(gone)
     hits = {h for q in queries[:20] for h, _ in reader.search("c", q, 10)}
     assert hits and not hits & set(gone)
@@ -110,9 +117,9 @@ def test_hnsw_cannot_delete_which_is_why_there_is_no_hnsw_kind():
 
 
 def test_ivf_training_runs_outside_the_write_lock_and_keeps_what_changed_meanwhile(tmp_path, monkeypatch):
-    # k-means takes a minute at 1M vectors: other writers of the collection must not wait for it, and
-    # what they add or delete while it runs must be in the trained index. A gate holds training until
-    # the test has written; the gate is the only thing not real here.
+    # k-means takes a minute at 1M vectors: other writers of the collection must not wait for the
+    # compaction that trains, and what they add or delete while it runs must hold after its swap. A
+    # gate holds training until the test has written; the gate is the only thing not real here.
     from ragsvc import index_store
 
     started, release = threading.Event(), threading.Event()
@@ -128,7 +135,8 @@ def test_ivf_training_runs_outside_the_write_lock_and_keeps_what_changed_meanwhi
     store = IndexStore(tmp_path, DIM, kind="ivf", ivf_min_vectors=4000, nprobe=64)
     vecs = clustered(5500)
     store.add("c", list(range(3000)), vecs[:3000])
-    trainer = threading.Thread(target=store.add, args=("c", list(range(3000, 5000)), vecs[3000:5000]))
+    store.add("c", list(range(3000, 5000)), vecs[3000:5000])
+    trainer = threading.Thread(target=merge_all, args=(store, "c"))
     trainer.start()
     assert started.wait(60)
 
@@ -138,24 +146,27 @@ def test_ivf_training_runs_outside_the_write_lock_and_keeps_what_changed_meanwhi
         t.join(20)
         assert not t.is_alive(), f"{fn.__name__} waited for the training"
 
-    in_time(store.add, "c", list(range(5000, 5500)), vecs[5000:])  # needs training too: skips, one runs
+    in_time(store.add, "c", list(range(5000, 5500)), vecs[5000:])
     in_time(store.remove, "c", [0, 1, 2])
+    assert store.compact("c") is None  # a second compaction of the collection skips, one runs
     assert store.search("c", vecs[5100], 1)[0][0] == 5100  # searchable before training ends (exact)
     release.set()
     trainer.join(60)
-    index = faiss.read_index(str(tmp_path / "c" / "index.faiss"))
+    segs = store.segments("c")
+    assert [s.kind for s in segs] == ["ivf", "flat"] and segs[0].vectors == 5000  # merged; the new one kept
+    index = faiss.read_index(str(tmp_path / "c" / segs[0].name))
     assert faiss.extract_index_ivf(index).nlist == int(4 * np.sqrt(5000))
-    assert index.ntotal == 5500 - 3
     reader = IndexStore(tmp_path, DIM, kind="ivf", nprobe=64)
+    assert reader.size("c") == 5500 - 3  # the deletes made during the merge still hide their ids
     for i in (3, 2999, 4000, 5100, 5499):
         assert reader.search("c", vecs[i], 1)[0][0] == i
     assert not {h for h, _ in reader.search("c", vecs[1], 10)} & {0, 1, 2}
 
 
 def test_real_training_in_another_process_does_not_block_writers(tmp_path):
-    # The same behaviour with nothing patched: a writer process (as an ingestion worker) crosses the
-    # IVF threshold and trains real k-means over 60k vectors; while its training lock is held, this
-    # process adds and deletes, and both land in the index that training swaps in.
+    # The same behaviour with nothing patched: a compacting process (as an ingestion worker) merges
+    # 60k vectors past the IVF threshold and trains real k-means; while its compaction lock is held,
+    # this process adds and deletes, and both hold in the segments it swaps in.
     import fcntl
     import subprocess
     import sys
@@ -166,15 +177,15 @@ def test_real_training_in_another_process_does_not_block_writers(tmp_path):
     vecs = clustered(62_000, seed=5)
     store = IndexStore(tmp_path, DIM, kind="ivf", ivf_min_vectors=50_000, nprobe=64)
     store.add("c", list(range(49_000)), vecs[:49_000])
+    store.add("c", list(range(49_000, 60_000)), vecs[49_000:60_000])
     script = (
         "import sys; sys.path.insert(0, %r)\n"
-        "from tests.test_index_kinds import clustered, DIM\n"
+        "from tests.test_index_kinds import clustered, DIM, merge_all\n"
         "from ragsvc.index_store import IndexStore\n"
-        "v = clustered(62_000, seed=5)\n"
-        "IndexStore(%r, DIM, kind='ivf', ivf_min_vectors=50_000).add('c', list(range(49_000, 60_000)), v[49_000:60_000])\n"
+        "merge_all(IndexStore(%r, DIM, kind='ivf', ivf_min_vectors=50_000), 'c')\n"
     ) % (str(root), str(tmp_path))
     trainer = subprocess.Popen([sys.executable, "-c", script])
-    lock_path = tmp_path / "c" / ".train.lock"
+    lock_path = tmp_path / "c" / ".compact.lock"
 
     def training() -> bool:
         if not lock_path.exists():
@@ -196,8 +207,10 @@ def test_real_training_in_another_process_does_not_block_writers(tmp_path):
     # Both writes finished while the other process still trained (its k-means takes seconds here).
     assert training(), "the writes waited for the training (or it ended too fast to tell)"
     assert trainer.wait(300) == 0
-    index = faiss.read_index(str(tmp_path / "c" / "index.faiss"))
+    segs = store.segments("c")
+    assert [(s.kind, s.vectors) for s in segs] == [("ivf", 60_000), ("flat", 2000)]
+    index = faiss.read_index(str(tmp_path / "c" / segs[0].name))
     assert faiss.extract_index_ivf(index).nlist == int(4 * np.sqrt(60_000))
-    assert index.ntotal == 62_000 - 3
+    assert store.size("c") == 62_000 - 3
     for i in (3, 55_000, 61_999):
         assert store.search("c", vecs[i], 1)[0][0] == i

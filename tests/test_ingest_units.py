@@ -147,9 +147,11 @@ def test_ivf_collection_converts_searches_and_deletes(tmp_path):
     writer = IndexStore(tmp_path, 384, kind="ivf", ivf_min_vectors=5000, nprobe=16)
     reader = IndexStore(tmp_path, 384, kind="ivf", nprobe=16)
     writer.add("c", list(range(1000)), vecs[:1000])
-    assert "IVF" not in type(faiss.read_index(str(tmp_path / "c" / "index.faiss"))).__name__  # still exact
     writer.add("c", list(range(1000, 6000)), vecs[1000:])
-    assert "IVF" in type(faiss.read_index(str(tmp_path / "c" / "index.faiss"))).__name__
+    assert [s.kind for s in writer.segments("c")] == ["flat", "flat"]  # new documents land exact
+    writer.compact("c", [s.name for s in writer.segments("c")])  # the worker's merge trains the lists
+    assert [s.kind for s in writer.segments("c")] == ["ivf"]
+    assert "IVF" in type(faiss.read_index(str(tmp_path / "c" / writer.segments("c")[0].name))).__name__
     exact = faiss.IndexFlatIP(384)
     exact.add(vecs)
     queries = vecs[:50] + 0.05 * rng.standard_normal((50, 384)).astype(np.float32)

@@ -13,8 +13,6 @@ import time
 from collections import defaultdict
 from datetime import timedelta, timezone
 
-import faiss
-import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
@@ -24,6 +22,7 @@ from ragsvc.db import Chunk, Document, Job, JobAttempt
 from ragsvc.db.models import utcnow
 from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import Upload
+from ragsvc.index_store import IndexStore
 from ragsvc.settings import Settings
 from tests.conftest import RAGSVC, base_env, new_pg_database
 from tests.test_worker_faults import long_pdf, queue, wait_for
@@ -63,8 +62,7 @@ def worker_id(proc: subprocess.Popen) -> str:
 
 
 def index_ids(settings: Settings, collection_id: str) -> list[int]:
-    index = faiss.read_index(str(settings.index_dir / collection_id / "index.faiss"))
-    return faiss.vector_to_array(index.id_map).astype(np.int64).tolist()
+    return IndexStore(settings.index_dir, 0).stored_ids(collection_id).tolist()
 
 
 def aware(dt):

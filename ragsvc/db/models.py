@@ -8,7 +8,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -103,6 +104,10 @@ class Chunk(Base):
     token_count: Mapped[int] = mapped_column(Integer)
     # sha256 of the embedded text: an unchanged chunk of a new version reuses its vector.
     content_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # The chunk's vector, float32 bytes (1,536 for 384-d): the source of truth that `ragsvc index
+    # rebuild` recreates the FAISS segments from. Deferred: only code that asks for it loads it.
+    # NULL for rows written before revision 0007 until a rebuild copies it from the index.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, default=None, deferred=True)
 
 
 class Job(Base):
