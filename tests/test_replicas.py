@@ -179,13 +179,16 @@ def test_upload_ask_delete_and_drop_across_replicas(stack):
 def test_rate_limit_holds_across_replicas(stack):
     """DELETE_LIMIT requests per key per minute in all: spread over A and B, the one after them is refused,
     though neither replica alone has seen more than the limit (each counting alone would allow 2x)."""
-    statuses = []
+    statuses, remaining = [], []
     for i in range(DELETE_LIMIT + 1):
         svc = (stack.a, stack.b)[i % 2]
         resp = svc.client.delete("/v1/documents/no-such-document",
                                  headers={"authorization": f"Bearer {stack.keys[1]}"})
         statuses.append(resp.status_code)
+        remaining.append(resp.headers.get("ratelimit-remaining"))
     assert 429 not in statuses[:DELETE_LIMIT], statuses
+    # Each replica reports what is left of the one shared count, not of its own.
+    assert remaining[:DELETE_LIMIT] == [str(DELETE_LIMIT - n) for n in range(1, DELETE_LIMIT + 1)], remaining
     assert statuses[DELETE_LIMIT] == 429, statuses
     assert resp.headers["content-type"].startswith("application/problem+json")
     assert "try again in" in resp.json()["detail"] and int(resp.headers["retry-after"]) <= 60
