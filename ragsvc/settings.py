@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     rate_limit_delete_per_minute: int = Field(
         60, description="DELETE requests (documents, collections) per API key per minute; 0: no limit."
     )
+    rate_limit_store: Literal["memory", "database"] = Field(
+        "memory", description="Where the rate limits count: `memory` (each API process counts alone: right "
+        "for one process) or `database` (one atomic counter row per key and limit in the database, so "
+        "several API replicas together allow each key only its limit; one small write per limited request)."
+    )
     allowed_hosts: list[str] = Field(
         [],  # pydantic copies a mutable default per instance
         description="Host names (the `Host` header, without port) accepted besides the loopback names "

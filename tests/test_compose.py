@@ -48,6 +48,9 @@ def test_services_and_pins():
     assert services["api"]["depends_on"]["vllm"]["condition"] == "service_healthy"
     assert services["api"]["environment"]["RAGSVC_LLM_URL"] == "http://vllm:8000/v1"
     assert services["api"]["environment"]["RAGSVC_AUTH"] == "on"  # on a network, keys are required
+    # Limits shared by every api replica; counted in PostgreSQL, which every api already waits for.
+    assert services["api"]["environment"]["RAGSVC_RATE_LIMIT_STORE"] == "database"
+    assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "ports" not in services["worker"]  # scalable: docker compose up --scale worker=N
 
 

@@ -14,7 +14,9 @@ from typing import Any, Callable, TypeVar
 
 from litestar import Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
+from litestar.exceptions import TooManyRequestsException
+from litestar.middleware.rate_limit import (DURATION_VALUES, CacheObject, RateLimitConfig,
+                                          RateLimitMiddleware)
 from litestar.params import Body
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_303_SEE_OTHER
@@ -24,6 +26,7 @@ from ragsvc.api.websafety import LOOPBACK_NAMES, cross_site_origin, header_map, 
 from ragsvc.auth import (ANONYMOUS, SESSION_COOKIE, SESSION_COOKIE_PLAIN, Principal, bearer, is_public,
                          session_token)
 from ragsvc.errors import Unauthorized
+from ragsvc.rate_limit import count_hit
 from ragsvc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,26 @@ class KeyRateLimit(RateLimitMiddleware):
         return f"{self.config.store}::{user.label if isinstance(user, Principal) else 'anonymous'}"
 
 
+class SharedKeyRateLimit(KeyRateLimit):
+    """The same limits, counted in the database (RAGSVC_RATE_LIMIT_STORE=database): N requests spread over
+    any number of API replicas count as N against one key. One atomic upsert per limited request
+    (:mod:`ragsvc.rate_limit`), on the key-check threads; refused requests count too (the window is
+    fixed, so they do not extend it)."""
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - the ASGI signature
+        app = scope["litestar_app"]
+        request = app.request_class(scope)
+        if await self.should_check_request(request=request):
+            hits, reset_at = await off_loop(count_hit, app.state.sessions, self.cache_key_from_request(request),
+                                            DURATION_VALUES[self.unit])
+            # Litestar's header helper counts a history list; only its length matters.
+            seen = CacheObject(history=[0] * min(hits, self.max_requests), reset=reset_at)
+            if hits > self.max_requests:
+                raise TooManyRequestsException(headers=self.create_response_headers(cache_object=seen))
+            send = self.create_send_wrapper(send=send, cache_object=seen)
+        await self.app(scope, receive, send)
+
+
 # Async on purpose: Litestar runs a plain function check in a thread of the default executor, so with
 # uploads filling that executor every keyed request would wait here before its limit was even looked at.
 async def _is_upload(request: Request) -> bool:
@@ -126,9 +149,12 @@ async def _is_delete(request: Request) -> bool:
 
 def rate_limits(settings: Settings) -> list:
     """One limiter each for asking, uploading and deleting; only with authentication on, where a key
-    names who is asking (the embedded default serves one person on loopback)."""
+    names who is asking (the embedded default serves one person on loopback). Counted in this process
+    or in the database (``RAGSVC_RATE_LIMIT_STORE``)."""
     if not settings.auth_enabled:
         return []
+    # memory: Litestar's in-process store, right for one API process; database: shared by every replica.
+    limiter = SharedKeyRateLimit if settings.rate_limit_store == "database" else KeyRateLimit
     out = []
     for bucket, per_minute, check in (
         ("ask", settings.rate_limit_ask_per_minute, _is_ask),
@@ -137,7 +163,7 @@ def rate_limits(settings: Settings) -> list:
     ):
         if per_minute > 0:
             out.append(RateLimitConfig(rate_limit=("minute", per_minute), check_throttle_handler=check,
-                                       middleware_class=KeyRateLimit, store=f"rate_limit_{bucket}").middleware)
+                                       middleware_class=limiter, store=f"rate_limit_{bucket}").middleware)
     return out
 
 

@@ -1,7 +1,7 @@
 """Database layer: models, engine/session factory and migrations."""
 
 from ragsvc.db.models import (ApiKey, AttemptOutcome, Base, Chunk, Collection, Document, DocumentStatus, Job,
-                              JobAttempt, JobStatus, WebSession)
+                              JobAttempt, JobStatus, RateLimitWindow, WebSession)
 
 __all__ = ["ApiKey", "Base", "Chunk", "Collection", "Document", "DocumentStatus", "Job", "JobStatus",
-           "JobAttempt", "AttemptOutcome", "WebSession"]
+           "JobAttempt", "AttemptOutcome", "RateLimitWindow", "WebSession"]

@@ -184,3 +184,15 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class RateLimitWindow(Base):
+    """One rate-limit counter: requests of one API key in one bucket (ask, upload, delete) in the current
+    fixed window. Shared by every API replica on the database (RAGSVC_RATE_LIMIT_STORE=database); one
+    row per key and bucket, reused window after window, so the table stays as small as the key list."""
+
+    __tablename__ = "rate_limit_windows"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reset_at: Mapped[int] = mapped_column(BigInteger)  # unix seconds at which this window ends
+    hits: Mapped[int] = mapped_column(Integer)
