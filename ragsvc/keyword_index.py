@@ -1,118 +1,115 @@
-"""BM25 keyword indexes (bm25s), one per collection, next to the collection's FAISS index.
+"""Keyword (BM25-style) search in the database's own full-text engine: current the moment a document is ready.
 
-bm25s indexes are not incremental, so a collection's index is rebuilt from the database (the source
-of truth) after every change; rebuilding 10k chunks takes about a second. Each build goes into a new
-versioned folder and a ``CURRENT`` pointer file is swapped in with ``os.replace``, so readers never see
-a half-written index. Deleted chunks can never surface between a delete and the rebuild: retrieval
-joins every hit to its database row.
+Entries live next to the rows they index, so they change in the same transactions as the rows:
+
+- SQLite: an FTS5 table ``keyword_fts(collection_id, body)`` whose rowid is the chunk id, ranked by FTS5's
+  ``bm25()``. The collection id is an indexed column, so the collection filter is part of the MATCH.
+- PostgreSQL: a table ``keyword_entries(chunk_id, collection_id, tsv)`` with a GIN index on ``tsv``
+  (``'simple'`` configuration: no stemming, like bm25s), ranked by ``ts_rank``.
+
+:func:`index_document` inserts a document's entries inside the transaction that makes it ready
+(ingest/pipeline.py ``_make_ready``). Deleting chunk rows removes their entries in the same transaction:
+``ON DELETE CASCADE`` on PostgreSQL, a trigger on SQLite (FTS5 tables cannot hold foreign keys). So there
+is no rebuild, no lag behind ``ready``, and a change costs the size of the document, not the collection
+(measured in bench/keyword_search.py, docs/benchmarks.md).
+
+User text never reaches a query language: the question is split into word tokens (the same pattern and
+English stopwords as bm25s, which ragsvc used before), at most :data:`MAX_TERMS` distinct ones, and each
+is passed as a quoted FTS5 string or a ``websearch_to_tsquery`` word joined by ``or``. Tokens are made of
+word characters only, so neither syntax can see an operator in them.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
-import threading
-import uuid
-from pathlib import Path
+import re
 
-import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-POINTER = "BM25_CURRENT"
+# The tables live only in migrations/versions/0008_keyword_fulltext.py: an FTS5 virtual table has no
+# SQLAlchemy model, so ragsvc/db/models.py names them for Alembic's comparison to skip.
+FTS_TABLE = "keyword_fts"
+PG_TABLE = "keyword_entries"
+
+# bm25s.tokenize's default pattern: runs of two or more word characters. Linear time (no nesting).
+TOKEN = re.compile(r"(?u)\b\w\w+\b")
+# bm25s's English stopwords (bm25s.stopwords.STOPWORDS_EN), the list the bm25s index used.
+STOPWORDS = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not",
+    "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was",
+    "will", "with"))
+MAX_TERMS = 64  # a question's distinct terms searched; each one costs a posting-list scan
+MAX_QUERY_CHARS = 20_000  # longer input is cut before tokenising (the API already limits questions)
 
 
-def _tokenize(texts: list[str]):
-    import bm25s
+def query_terms(question: str) -> list[str]:
+    """Distinct lower-case tokens of ``question`` minus stopwords, in order, at most MAX_TERMS."""
+    seen: dict[str, None] = {}
+    for m in TOKEN.finditer(question[:MAX_QUERY_CHARS].lower()):
+        tok = m.group()
+        if tok not in STOPWORDS and tok not in seen:
+            seen[tok] = None
+            if len(seen) >= MAX_TERMS:
+                break
+    return list(seen)
 
-    return bm25s.tokenize(texts, stopwords="en", show_progress=False)
+
+def _tokenize(texts: list[str]) -> list[list[str]]:
+    """Tokens of each text as the keyword search sees them (tests/test_linear_time.py times this)."""
+    return [query_terms(t) for t in texts]
+
+
+def index_body(heading_path: str, body: str) -> str:
+    # The heading path is searchable too: a question naming a section finds its chunks.
+    return f"{heading_path}\n{body}"
+
+
+def index_document(session: Session, document_id: str, collection_id: str) -> None:
+    """Write the keyword entries of a document's chunks, in the caller's transaction (the one making it ready).
+
+    Entries an earlier attempt may have left for these chunk ids are replaced, never duplicated.
+    """
+    params = {"d": document_id, "c": collection_id}
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text(f"DELETE FROM {FTS_TABLE} WHERE rowid IN "
+                             "(SELECT id FROM chunks WHERE document_id = :d)"), params)
+        session.execute(text(f"INSERT INTO {FTS_TABLE} (rowid, collection_id, body) "
+                             "SELECT id, :c, heading_path || char(10) || text FROM chunks WHERE document_id = :d"),
+                        params)
+    else:
+        session.execute(text(
+            f"INSERT INTO {PG_TABLE} (chunk_id, collection_id, tsv) "
+            "SELECT id, :c, to_tsvector('simple', heading_path || E'\\n' || text) FROM chunks WHERE document_id = :d "
+            "ON CONFLICT (chunk_id) DO UPDATE SET collection_id = EXCLUDED.collection_id, tsv = EXCLUDED.tsv"),
+            params)
+
+
+def _fts5_query(collection_id: str, terms: list[str]) -> str:
+    # Double quotes make each term a plain string to FTS5 (NEAR, AND, *, ^, column names lose meaning);
+    # a term holds only word characters, so it has no quote to escape. The collection id is hex.
+    words = " OR ".join(f'"{t}"' for t in terms)
+    return f'collection_id : "{collection_id}" AND body : ({words})'
 
 
 class KeywordStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self._cache: dict[str, tuple[str, object, np.ndarray]] = {}
-        self._lock = threading.Lock()
+    """Searches the keyword entries of one collection through the caller's database session."""
 
-    def _dir(self, collection_id: str) -> Path:
-        return self.root / collection_id
-
-    def rebuild(self, collection_id: str, ids: list[int], texts: list[str]) -> None:
-        import bm25s
-
-        folder = self._dir(collection_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".bm25.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            pointer = folder / POINTER
-            old = pointer.read_text().strip() if pointer.exists() else None
-            if not ids:
-                pointer.unlink(missing_ok=True)
-            else:
-                version = f"bm25-{uuid.uuid4().hex[:12]}"
-                tmp = folder / f".{version}.tmp"
-                model = bm25s.BM25()
-                model.index(_tokenize(texts), show_progress=False)
-                model.save(str(tmp), show_progress=False)
-                np.save(tmp / "chunk_ids.npy", np.asarray(ids, dtype=np.int64))
-                tmp.rename(folder / version)
-                staged = folder / f".{POINTER}.{os.getpid()}"
-                staged.write_text(version)
-                os.replace(staged, pointer)
-            if old:
-                shutil.rmtree(folder / old, ignore_errors=True)
-
-    def _current(self, collection_id: str):
-        pointer = self._dir(collection_id) / POINTER
-        try:
-            version = pointer.read_text().strip()
-        except FileNotFoundError:
-            return None
-        with self._lock:
-            cached = self._cache.get(collection_id)
-            if cached is None or cached[0] != version:
-                import bm25s
-
-                path = self._dir(collection_id) / version
-                try:
-                    model = bm25s.BM25.load(str(path))
-                    ids = np.load(path / "chunk_ids.npy")
-                except FileNotFoundError:  # replaced between reading the pointer and loading: retry later
-                    return cached[1:] if cached else None
-                cached = (version, model, ids)
-                self._cache[collection_id] = cached
-            return cached[1], cached[2]
-
-    def search(self, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
-        """Top-``k`` (chunk id, BM25 score) pairs with a positive score, best first."""
-        current = self._current(collection_id)
-        if current is None:
+    def search(self, session: Session, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
+        """Top-``k`` (chunk id, score > 0) pairs, best first. Only ready documents have entries."""
+        terms = query_terms(query)
+        if not terms or k <= 0:
             return []
-        model, ids = current
-        tokens = _tokenize([query])
-        if not tokens.ids or not tokens.ids[0]:
-            return []
-        k = min(k, len(ids))
-        docs, scores = model.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return [(int(ids[d]), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
-
-    def drop(self, collection_id: str) -> None:
-        with self._lock:
-            self._cache.pop(collection_id, None)
-
-
-def rebuild_from_db(sessions, store: KeywordStore, collection_id: str) -> int:
-    """Rebuild a collection's BM25 index from the chunks of its ready documents; returns their number."""
-    from sqlalchemy import select
-
-    from ragsvc.db import Chunk, Document, DocumentStatus
-
-    with sessions() as session:
-        rows = session.execute(
-            select(Chunk.id, Chunk.heading_path, Chunk.text)
-            .join(Document, Document.id == Chunk.document_id)
-            .where(Document.collection_id == collection_id, Document.status == DocumentStatus.READY)
-            .order_by(Chunk.id)
-        ).all()
-    # The heading path is searchable too: a question naming a section finds its chunks.
-    store.rebuild(collection_id, [r.id for r in rows], [f"{r.heading_path}\n{r.text}" for r in rows])
-    return len(rows)
+        if session.get_bind().dialect.name == "sqlite":
+            # bm25() is lower for better matches; the collection column weighs nothing.
+            rows = session.execute(text(
+                f"SELECT rowid, -bm25({FTS_TABLE}, 0.0, 1.0) AS score FROM {FTS_TABLE} "
+                f"WHERE {FTS_TABLE} MATCH :q ORDER BY bm25({FTS_TABLE}, 0.0, 1.0) LIMIT :k"),
+                {"q": _fts5_query(collection_id, terms), "k": k}).all()
+        else:
+            # websearch_to_tsquery never raises; the words are word characters joined by its "or".
+            rows = session.execute(text(
+                f"SELECT chunk_id, ts_rank(tsv, q) AS score FROM {PG_TABLE}, "
+                "websearch_to_tsquery('simple', :q) AS q "
+                "WHERE collection_id = :c AND tsv @@ q ORDER BY score DESC, chunk_id LIMIT :k"),
+                {"q": " or ".join(terms), "c": collection_id, "k": k}).all()
+        return [(int(cid), float(score)) for cid, score in rows if score > 0]

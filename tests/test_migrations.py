@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from ragsvc.db.models import Base
+from ragsvc.db.models import Base, include_name
 from tests.conftest import RAGSVC, base_env, new_pg_database
 
 
@@ -25,7 +25,8 @@ def assert_schema_matches_models(url: str) -> None:
     try:
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) >= {"collections", "documents", "chunks", "jobs", "api_keys"}
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"include_name": include_name}),
+                                    Base.metadata)
             assert diff == [], f"models and migrations disagree: {diff}"
     finally:
         engine.dispose()
@@ -41,7 +42,7 @@ def head_revision() -> str:
 
 def test_upgrade_on_empty_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    assert "revision 0006" in upgrade_via_cli(tmp_path, url)
+    assert "revision 0008" in upgrade_via_cli(tmp_path, url)
     assert_schema_matches_models(url)
     # Idempotent: a second upgrade changes nothing and succeeds.
     upgrade_via_cli(tmp_path, url)
@@ -49,7 +50,7 @@ def test_upgrade_on_empty_sqlite(tmp_path):
 
 def test_upgrade_on_postgresql(tmp_path):
     with new_pg_database() as url:
-        assert "revision 0006" in upgrade_via_cli(tmp_path, url)
+        assert "revision 0008" in upgrade_via_cli(tmp_path, url)
         assert_schema_matches_models(url)
 
 
