@@ -17,11 +17,22 @@ User text never reaches a query language: the question is split into word tokens
 English stopwords as bm25s, which ragsvc used before), at most :data:`MAX_TERMS` distinct ones, and each
 is passed as a quoted FTS5 string or a ``websearch_to_tsquery`` word joined by ``or``. Tokens are made of
 word characters only, so neither syntax can see an operator in them.
+
+Both engines score every row that holds any query term, and FTS5's ``bm25()`` even counts each term's
+whole posting list for its IDF. A question's common words ("who", "his", "film") hold a sizeable share of
+a large collection, so a query is *pruned*: its terms are taken rarest first while their document
+frequencies sum to at most ``postings_budget`` (the rarest is always kept), and the commoner rest is left
+out of matching and scoring. Those words carry the least IDF; below the budget (every collection up to
+~``postings_budget`` chunks) nothing is pruned and the ranking is exact. Document frequencies come from
+FTS5's ``fts5vocab`` table (exact) and PostgreSQL's ``pg_stats`` of the ``tsv`` column (estimates kept
+by ANALYZE; a term not among the most common is taken as rare). bench/keyword_search.py measures both.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -29,6 +40,7 @@ from sqlalchemy.orm import Session
 # The tables live only in migrations/versions/0008_keyword_fulltext.py: an FTS5 virtual table has no
 # SQLAlchemy model, so ragsvc/db/models.py names them for Alembic's comparison to skip.
 FTS_TABLE = "keyword_fts"
+FTS_VOCAB = "keyword_fts_vocab"  # fts5vocab 'row' table: term -> number of rows holding it
 PG_TABLE = "keyword_entries"
 
 # bm25s.tokenize's default pattern: runs of two or more word characters. Linear time (no nesting).
@@ -40,6 +52,21 @@ STOPWORDS = frozenset((
     "will", "with"))
 MAX_TERMS = 64  # a question's distinct terms searched; each one costs a posting-list scan
 MAX_QUERY_CHARS = 20_000  # longer input is cut before tokenising (the API already limits questions)
+POSTINGS_BUDGET = 20_000  # rows a query's terms may match before its commonest terms are pruned
+PG_STATS_TTL_S = 60.0  # pg_stats changes only when (auto)ANALYZE runs
+
+
+def prune(terms: list[str], df: dict[str, int], budget: int) -> list[str]:
+    """The rarest terms whose document frequencies sum to at most ``budget`` (at least one), in query order."""
+    kept: set[str] = set()
+    total = 0
+    for t in sorted(terms, key=lambda t: df.get(t, 0)):
+        d = df.get(t, 0)
+        if kept and total + d > budget:
+            break
+        kept.add(t)
+        total += d
+    return [t for t in terms if t in kept]
 
 
 def query_terms(question: str) -> list[str]:
@@ -94,12 +121,45 @@ def _fts5_query(collection_id: str, terms: list[str]) -> str:
 class KeywordStore:
     """Searches the keyword entries of one collection through the caller's database session."""
 
+    def __init__(self, postings_budget: int = POSTINGS_BUDGET) -> None:
+        self.postings_budget = postings_budget
+        self._pg_stats: tuple[float, dict[str, float], float] | None = None  # (read at, term freqs, rows)
+        self._lock = threading.Lock()
+
+    def _sqlite_df(self, session: Session, terms: list[str]) -> dict[str, int]:
+        marks = ", ".join(f":t{i}" for i in range(len(terms)))
+        rows = session.execute(text(f"SELECT term, doc FROM {FTS_VOCAB} WHERE term IN ({marks})"),
+                               {f"t{i}": t for i, t in enumerate(terms)})
+        return {term: int(doc) for term, doc in rows}
+
+    def _pg_df(self, session: Session, terms: list[str]) -> dict[str, int]:
+        with self._lock:
+            stats = self._pg_stats
+        if stats is None or time.monotonic() - stats[0] > PG_STATS_TTL_S:
+            row = session.execute(text(
+                "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples "
+                "FROM pg_class c LEFT JOIN pg_stats s ON s.tablename = c.relname AND s.attname = 'tsv' "
+                f"AND s.schemaname = current_schema() WHERE c.relname = '{PG_TABLE}' "
+                "AND c.relnamespace = current_schema()::regnamespace")).first()
+            freqs: dict[str, float] = {}
+            if row is not None and row[0] is not None:
+                freqs = dict(zip(row[0], row[1]))  # the freqs array has 3 extra numbers at its end
+            stats = (time.monotonic(), freqs, float(row[2]) if row is not None else 0.0)
+            with self._lock:
+                self._pg_stats = stats
+        _, freqs, rows = stats
+        return {t: int(freqs[t] * rows) for t in terms if t in freqs}
+
     def search(self, session: Session, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
         """Top-``k`` (chunk id, score > 0) pairs, best first. Only ready documents have entries."""
         terms = query_terms(query)
         if not terms or k <= 0:
             return []
-        if session.get_bind().dialect.name == "sqlite":
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        if len(terms) > 1:
+            df = self._sqlite_df(session, terms) if sqlite else self._pg_df(session, terms)
+            terms = prune(terms, df, self.postings_budget)
+        if sqlite:
             # bm25() is lower for better matches; the collection column weighs nothing.
             rows = session.execute(text(
                 f"SELECT rowid, -bm25({FTS_TABLE}, 0.0, 1.0) AS score FROM {FTS_TABLE} "

@@ -21,7 +21,7 @@ from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import DocumentService, Upload
 from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.index_store import IndexStore
-from ragsvc.keyword_index import MAX_TERMS, KeywordStore, query_terms
+from ragsvc.keyword_index import MAX_TERMS, KeywordStore, prune, query_terms
 from ragsvc.settings import Settings
 from tests.conftest import new_pg_database, start_service, stop_service
 
@@ -212,3 +212,26 @@ def test_service_worker_ready_means_searchable_and_delete_means_gone(tmp_path, d
             engine.dispose()
             stop_service(svc)
 
+
+
+def test_prune_keeps_the_rarest_terms_within_the_budget():
+    df = {"who": 900, "film": 300, "kubrick": 4, "screenplay": 20}
+    terms = ["who", "screenplay", "film", "kubrick", "unseen"]
+    assert prune(terms, df, 10_000) == terms  # under the budget: the exact query
+    assert prune(terms, df, 30) == ["screenplay", "kubrick", "unseen"]
+    assert prune(["who", "film"], df, 10) == ["film"]  # the rarest is always kept
+
+
+def test_common_terms_are_pruned_past_the_budget(world):
+    """Past the budget a query's commonest term neither matches nor scores; under it, it does."""
+    w = world
+    for i in range(4):
+        w.ingest("a", f"h{i}.txt", f"Harbour note {i}: the harbour opens at dawn.")
+    rare = w.ingest("a", "rare.txt", f"The {RARE} harbour buoy is yellow.")
+    if w.engine.dialect.name == "postgresql":  # the document frequencies PostgreSQL knows come from ANALYZE
+        with w.engine.begin() as c:
+            c.execute(text("ANALYZE keyword_entries"))
+    assert len(w.search("a", f"harbour {RARE}")) == 5
+    with w.sessions() as s:
+        hits = KeywordStore(postings_budget=2).search(s, w.coll("a"), f"harbour {RARE}", 10)
+    assert [c for c, _ in hits] == sorted(w.chunk_ids(rare["id"]))

@@ -19,6 +19,8 @@ def upgrade() -> None:
         # FTS5 has no foreign keys: a trigger removes a chunk's entry in the statement that deletes the row,
         # ON DELETE CASCADE of documents and collections included (SQLite fires triggers for FK actions).
         op.execute("CREATE VIRTUAL TABLE keyword_fts USING fts5(collection_id, body)")
+        # Each term's number of rows, read to prune a query's commonest terms (ragsvc/keyword_index.py).
+        op.execute("CREATE VIRTUAL TABLE keyword_fts_vocab USING fts5vocab(keyword_fts, 'row')")
         op.execute("CREATE TRIGGER keyword_fts_chunk_deleted AFTER DELETE ON chunks "
                    "BEGIN DELETE FROM keyword_fts WHERE rowid = old.id; END")
         op.execute("INSERT INTO keyword_fts (rowid, collection_id, body) "
@@ -37,6 +39,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS keyword_fts_chunk_deleted")
+        op.execute("DROP TABLE IF EXISTS keyword_fts_vocab")
         op.execute("DROP TABLE IF EXISTS keyword_fts")
     else:
         op.execute("DROP TABLE IF EXISTS keyword_entries")
