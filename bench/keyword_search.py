@@ -106,7 +106,9 @@ def recall(args: argparse.Namespace) -> dict:
     from bench.eval.corpus import chunks_of
     from ragsvc.db.session import make_engine, make_sessionmaker
     from ragsvc.evaluation import load_questions, normalize_ws
-    from ragsvc.keyword_index import KeywordStore
+    from sqlalchemy import text
+
+    from ragsvc.keyword_index import POSTINGS_BUDGET, KeywordStore
 
     files = sorted((ROOT / "bench" / "eval").glob("*.jsonl"))
     chunks = chunks_of(args.corpus)  # (file, heading path, text)
@@ -161,11 +163,16 @@ def recall(args: argparse.Namespace) -> dict:
                         ids = s.scalars(select(Chunk.id).where(Chunk.document_id == doc_id).order_by(Chunk.ordinal))
                         row_of.update(zip(ids, idx))
                     s.commit()
-                    tops = [[row_of[cid] for cid, _ in KeywordStore().search(s, coll, q.question, K)]
-                            for q in questions]
+                    if name == "postgresql":  # what autovacuum does: pg_stats feeds the pruning
+                        s.execute(text("ANALYZE keyword_entries"))
+                        s.commit()
+                    for budget in args.budgets:
+                        store = KeywordStore(postings_budget=budget)
+                        tops = [[row_of[cid] for cid, _ in store.search(s, coll, q.question, K)] for q in questions]
+                        label = name if budget == POSTINGS_BUDGET else f"{name}_budget_{budget}"
+                        out["engines"][label] = score(tops)
+                        print(label, out["engines"][label], file=sys.stderr)
                 engine.dispose()
-            out["engines"][name] = score(tops)
-            print(name, out["engines"][name], file=sys.stderr)
     return out
 
 
@@ -252,15 +259,23 @@ def scale(args: argparse.Namespace) -> dict:
                         s.execute(text("INSERT INTO keyword_fts(keyword_fts) VALUES ('optimize')"))
                         s.commit()
                 build_s = time.perf_counter() - t0
-                store = KeywordStore()
-                lat, nhits = [], []
+                runs = {}
                 with sessions() as s:
-                    for q in queries[:5]:  # warm the cache
-                        store.search(s, coll, q, 25)
-                    for q in queries:
-                        t = time.perf_counter()
-                        nhits.append(len(store.search(s, coll, q, 25)))
-                        lat.append((time.perf_counter() - t) * 1000)
+                    if name == "postgresql":
+                        s.execute(text("ANALYZE keyword_entries"))
+                        s.commit()
+                    # The default (pruned) query, and the exact one (no budget) on a share of the queries.
+                    for label, store, qs in (("pruned", KeywordStore(), queries),
+                                             ("exact", KeywordStore(postings_budget=10**15),
+                                              queries[:args.exact_queries])):
+                        for q in qs[:5]:  # warm the cache
+                            store.search(s, coll, q, 25)
+                        lat, tops = [], []
+                        for q in qs:
+                            t = time.perf_counter()
+                            tops.append([c for c, _ in store.search(s, coll, q, 25)])
+                            lat.append((time.perf_counter() - t) * 1000)
+                        runs[label] = (sorted(lat), tops)
                 # Index work of one more 200-chunk document: insert rows + entries, then delete it (the
                 # entries go with the rows). Timed around the whole transaction, commit included.
                 add, rm = [], []
@@ -276,12 +291,17 @@ def scale(args: argparse.Namespace) -> dict:
                         s.commit()
                         rm.append(time.perf_counter() - t)
                 engine.dispose()
-            lat.sort()
-            results["engines"][name] = {
-                "build_s": round(build_s, 1),
-                "search_ms_p50": round(statistics.median(lat), 2),
-                "search_ms_p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
-                "search_ms_max": round(lat[-1], 2), "mean_hits": round(statistics.mean(nhits), 1),
+            res = {"build_s": round(build_s, 1)}
+            for label, (lat, tops) in runs.items():
+                res[label] = {"queries": len(lat), "search_ms_p50": round(statistics.median(lat), 2),
+                              "search_ms_p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
+                              "search_ms_max": round(lat[-1], 2),
+                              "mean_hits": round(statistics.mean(len(t) for t in tops), 1)}
+            # How much pruning changes the answer: share of the exact top 10 that the pruned top 10 keeps.
+            exact_tops, pruned_tops = runs["exact"][1], runs["pruned"][1][:len(runs["exact"][1])]
+            res["pruned_top10_overlap_with_exact"] = round(statistics.mean(
+                len(set(a[:10]) & set(b[:10])) / max(1, min(10, len(b))) for a, b in zip(pruned_tops, exact_tops)), 4)
+            results["engines"][name] = res | {
                 "add_200_chunk_doc_s_median": round(statistics.median(add), 4),
                 "delete_200_chunk_doc_s_median": round(statistics.median(rm), 4),
             }
@@ -295,12 +315,16 @@ def main() -> None:
     r = sub.add_parser("recall")
     r.add_argument("corpus", type=Path)
     r.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
+    r.add_argument("--budgets", nargs="+", type=int, default=[20_000],
+                   help="postings budgets to prune at (20000 = the default; a small one shows pruning's cost)")
+    r.add_argument("--key", default="recall", help="name of the result in the JSON file")
     s = sub.add_parser("scale")
     s.add_argument("--chunks", type=int, default=1_000_000)
     s.add_argument("--vocab", type=int, default=50_000)
     s.add_argument("--zipf-s", type=float, default=1.07)
     s.add_argument("--queries", type=int, default=300)
     s.add_argument("--doc-trials", type=int, default=5)
+    s.add_argument("--exact-queries", type=int, default=100, help="queries also run exact (no pruning)")
     s.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
     s.add_argument("--tmp", default=None, help="folder for the SQLite file (needs a few GB at 1M chunks)")
     s.add_argument("--out", type=Path, default=OUT)
@@ -312,7 +336,7 @@ def main() -> None:
     result |= {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu_model": cpu,
                "cpus": os.cpu_count()}
     merged = json.loads(args.out.read_text()) if args.out.exists() else {}
-    key = args.what if args.what == "recall" else f"scale_{args.chunks}"
+    key = args.key if args.what == "recall" else f"scale_{args.chunks}"
     merged[key] = result
     args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(result, indent=2))
