@@ -2,8 +2,8 @@
 
 Entries live next to the rows they index, so they change in the same transactions as the rows:
 
-- SQLite: an FTS5 table ``keyword_fts(collection_id, body)`` whose rowid is the chunk id, ranked by FTS5's
-  ``bm25()``. The collection id is an indexed column, so the collection filter is part of the MATCH.
+- SQLite: an FTS5 table ``keyword_fts(collection_id UNINDEXED, body)`` whose rowid is the chunk id, ranked
+  by FTS5's ``bm25()``; the collection filter is in the WHERE clause.
 - PostgreSQL: a table ``keyword_entries(chunk_id, collection_id, tsv)`` with a GIN index on ``tsv``
   (``'simple'`` configuration: no stemming, like bm25s), ranked by ``ts_rank``.
 
@@ -111,11 +111,10 @@ def index_document(session: Session, document_id: str, collection_id: str) -> No
             params)
 
 
-def _fts5_query(collection_id: str, terms: list[str]) -> str:
+def _fts5_query(terms: list[str]) -> str:
     # Double quotes make each term a plain string to FTS5 (NEAR, AND, *, ^, column names lose meaning);
-    # a term holds only word characters, so it has no quote to escape. The collection id is hex.
-    words = " OR ".join(f'"{t}"' for t in terms)
-    return f'collection_id : "{collection_id}" AND body : ({words})'
+    # a term holds only word characters, so it has no quote to escape.
+    return " OR ".join(f'"{t}"' for t in terms)
 
 
 class KeywordStore:
@@ -160,11 +159,11 @@ class KeywordStore:
             df = self._sqlite_df(session, terms) if sqlite else self._pg_df(session, terms)
             terms = prune(terms, df, self.postings_budget)
         if sqlite:
-            # bm25() is lower for better matches; the collection column weighs nothing.
+            # bm25() is lower for better matches; its statistics (IDF, average length) span all collections.
             rows = session.execute(text(
-                f"SELECT rowid, -bm25({FTS_TABLE}, 0.0, 1.0) AS score FROM {FTS_TABLE} "
-                f"WHERE {FTS_TABLE} MATCH :q ORDER BY bm25({FTS_TABLE}, 0.0, 1.0) LIMIT :k"),
-                {"q": _fts5_query(collection_id, terms), "k": k}).all()
+                f"SELECT rowid, -bm25({FTS_TABLE}) AS score FROM {FTS_TABLE} "
+                f"WHERE {FTS_TABLE} MATCH :q AND collection_id = :c ORDER BY bm25({FTS_TABLE}) LIMIT :k"),
+                {"q": _fts5_query(terms), "c": collection_id, "k": k}).all()
         else:
             # websearch_to_tsquery never raises; the words are word characters joined by its "or".
             rows = session.execute(text(
