@@ -2,10 +2,11 @@
 
 Entries live next to the rows they index, so they change in the same transactions as the rows:
 
-- SQLite: an FTS5 table ``keyword_fts(collection_id UNINDEXED, body)`` whose rowid is the chunk id, ranked
-  by FTS5's ``bm25()``; the collection filter is in the WHERE clause.
+- SQLite: an FTS5 table ``keyword_fts(collection_id, body)`` whose rowid is the chunk id, ranked by FTS5's
+  ``bm25()``. The collection id is an indexed column, so the collection filter is part of the MATCH.
 - PostgreSQL: a table ``keyword_entries(chunk_id, collection_id, tsv)`` with a GIN index on ``tsv``
-  (``'simple'`` configuration: no stemming, like bm25s), ranked by ``ts_rank``.
+  (``'simple'`` configuration: no stemming, like bm25s), ranked by the sum of each term's ``ts_rank``
+  weighted by its BM25 IDF (from ``pg_stats``, see below).
 
 :func:`index_document` inserts a document's entries inside the transaction that makes it ready
 (ingest/pipeline.py ``_make_ready``). Deleting chunk rows removes their entries in the same transaction:
@@ -30,6 +31,7 @@ by ANALYZE; a term not among the most common is taken as rare). bench/keyword_se
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -111,10 +113,11 @@ def index_document(session: Session, document_id: str, collection_id: str) -> No
             params)
 
 
-def _fts5_query(terms: list[str]) -> str:
+def _fts5_query(collection_id: str, terms: list[str]) -> str:
     # Double quotes make each term a plain string to FTS5 (NEAR, AND, *, ^, column names lose meaning);
-    # a term holds only word characters, so it has no quote to escape.
-    return " OR ".join(f'"{t}"' for t in terms)
+    # a term holds only word characters, so it has no quote to escape. The collection id is hex.
+    words = " OR ".join(f'"{t}"' for t in terms)
+    return f'collection_id : "{collection_id}" AND body : ({words})'
 
 
 class KeywordStore:
@@ -149,26 +152,44 @@ class KeywordStore:
         _, freqs, rows = stats
         return {t: int(freqs[t] * rows) for t in terms if t in freqs}
 
+    def _pg_idf(self, terms: list[str], df: dict[str, int]) -> list[float]:
+        """BM25's IDF of each term from pg_stats (a term not among the most common counts as rare);
+        all 1.0 before the table was ever analysed."""
+        with self._lock:
+            rows = self._pg_stats[2] if self._pg_stats else 0.0
+        if rows <= 0:
+            return [1.0] * len(terms)
+        return [math.log(1.0 + (rows - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms]
+
     def search(self, session: Session, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
         """Top-``k`` (chunk id, score > 0) pairs, best first. Only ready documents have entries."""
         terms = query_terms(query)
         if not terms or k <= 0:
             return []
         sqlite = session.get_bind().dialect.name == "sqlite"
-        if len(terms) > 1:
+        df: dict[str, int] = {}
+        if len(terms) > 1 or not sqlite:
             df = self._sqlite_df(session, terms) if sqlite else self._pg_df(session, terms)
             terms = prune(terms, df, self.postings_budget)
         if sqlite:
-            # bm25() is lower for better matches; its statistics (IDF, average length) span all collections.
+            # bm25() is lower for better matches; the collection column weighs nothing. (bm25() walks the
+            # collection term's postings once per query for its IDF: a cost linear in the collection,
+            # but a sequential one; docs/benchmarks.md.)
             rows = session.execute(text(
-                f"SELECT rowid, -bm25({FTS_TABLE}) AS score FROM {FTS_TABLE} "
-                f"WHERE {FTS_TABLE} MATCH :q AND collection_id = :c ORDER BY bm25({FTS_TABLE}) LIMIT :k"),
-                {"q": _fts5_query(terms), "c": collection_id, "k": k}).all()
+                f"SELECT rowid, -bm25({FTS_TABLE}, 0.0, 1.0) AS score FROM {FTS_TABLE} "
+                f"WHERE {FTS_TABLE} MATCH :q ORDER BY bm25({FTS_TABLE}, 0.0, 1.0) LIMIT :k"),
+                {"q": _fts5_query(collection_id, terms), "k": k}).all()
         else:
-            # websearch_to_tsquery never raises; the words are word characters joined by its "or".
+            # ts_rank has no IDF: each term's own ts_rank is weighted by its IDF, BM25's idea, so a rare
+            # term outweighs a common one (recall on the eval set, docs/benchmarks.md). The terms are bound
+            # parameters; websearch_to_tsquery never raises, and the words are joined by its "or".
+            params: dict[str, object] = {"q": " or ".join(terms), "c": collection_id, "k": k}
+            parts = []
+            for i, (t, w) in enumerate(zip(terms, self._pg_idf(terms, df))):
+                params[f"t{i}"], params[f"w{i}"] = t, w
+                parts.append(f"ts_rank(tsv, websearch_to_tsquery('simple', :t{i})) * :w{i}")
             rows = session.execute(text(
-                f"SELECT chunk_id, ts_rank(tsv, q) AS score FROM {PG_TABLE}, "
+                f"SELECT chunk_id, {' + '.join(parts)} AS score FROM {PG_TABLE}, "
                 "websearch_to_tsquery('simple', :q) AS q "
-                "WHERE collection_id = :c AND tsv @@ q ORDER BY score DESC, chunk_id LIMIT :k"),
-                {"q": " or ".join(terms), "c": collection_id, "k": k}).all()
+                "WHERE collection_id = :c AND tsv @@ q ORDER BY score DESC, chunk_id LIMIT :k"), params).all()
         return [(int(cid), float(score)) for cid, score in rows if score > 0]
