@@ -23,8 +23,9 @@ Both engines score every row that holds any query term, and FTS5's ``bm25()`` ev
 whole posting list for its IDF. A question's common words ("who", "his", "film") hold a sizeable share of
 a large collection, so a query is *pruned*: its terms are taken rarest first while their document
 frequencies sum to at most ``postings_budget`` (the rarest is always kept), and the commoner rest is left
-out of matching and scoring. Those words carry the least IDF; below the budget (every collection up to
-~``postings_budget`` chunks) nothing is pruned and the ranking is exact. Document frequencies come from
+out of matching and scoring. Those words carry the least IDF; below the budget (while the table holds
+up to ~``postings_budget`` chunks, all collections together) nothing is pruned and the ranking is exact.
+Document frequencies come from
 FTS5's ``fts5vocab`` table (exact) and PostgreSQL's ``pg_stats`` of the ``tsv`` column (estimates kept
 by ANALYZE; a term not among the most common is taken as rare). bench/keyword_search.py measures both.
 """
