@@ -37,7 +37,7 @@ import re
 import threading
 import time
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 # The tables live only in migrations/versions/0008_keyword_fulltext.py: an FTS5 virtual table has no
@@ -112,6 +112,24 @@ def index_document(session: Session, document_id: str, collection_id: str) -> No
             "SELECT id, :c, to_tsvector('simple', heading_path || E'\\n' || text) FROM chunks WHERE document_id = :d "
             "ON CONFLICT (chunk_id) DO UPDATE SET collection_id = EXCLUDED.collection_id, tsv = EXCLUDED.tsv"),
             params)
+
+
+def reindex_collection(session: Session, collection_id: str) -> int:
+    """Rewrite a collection's keyword entries from its ready chunks (for ``ragsvc index rebuild``; never
+    needed on the write path). Returns the number of entries. The caller commits."""
+    from ragsvc.db import Document, DocumentStatus
+
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text(f"DELETE FROM {FTS_TABLE} WHERE collection_id = :c"), {"c": collection_id})
+    else:
+        session.execute(text(f"DELETE FROM {PG_TABLE} WHERE collection_id = :c"), {"c": collection_id})
+    ready = session.scalars(select(Document.id).where(Document.collection_id == collection_id,
+                                                      Document.status == DocumentStatus.READY)).all()
+    for document_id in ready:
+        index_document(session, document_id, collection_id)
+    table, key = (FTS_TABLE, "rowid") if session.get_bind().dialect.name == "sqlite" else (PG_TABLE, "chunk_id")
+    return int(session.scalar(text(f"SELECT count({key}) FROM {table} WHERE collection_id = :c"),
+                              {"c": collection_id}))
 
 
 def _fts5_query(collection_id: str, terms: list[str]) -> str:

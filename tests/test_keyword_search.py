@@ -235,3 +235,16 @@ def test_common_terms_are_pruned_past_the_budget(world):
     with w.sessions() as s:
         hits = KeywordStore(postings_budget=2).search(s, w.coll("a"), f"harbour {RARE}", 10)
     assert [c for c, _ in hits] == sorted(w.chunk_ids(rare["id"]))
+
+
+def test_reindex_collection_rewrites_only_that_collections_entries(world):
+    from ragsvc.keyword_index import reindex_collection
+
+    w = world
+    a = w.ingest("a", "a.txt", f"The {RARE} lamp in collection A.")
+    b = w.ingest("b", "b.txt", f"The {RARE} lamp in collection B.")
+    before = w.search("a", RARE)
+    with w.sessions() as s:
+        assert reindex_collection(s, w.coll("a")) == len(w.chunk_ids(a["id"]))
+        s.commit()
+    assert w.search("a", RARE) == before and [c for c, _ in w.search("b", RARE)] == sorted(w.chunk_ids(b["id"]))
