@@ -34,7 +34,7 @@ from ragsvc.documents import DocumentService, Upload  # noqa: E402
 from ragsvc.embedder import SentenceTransformerEmbedder  # noqa: E402
 from ragsvc.generation import EngineSlot, VllmGenerator  # noqa: E402
 from ragsvc.index_store import IndexStore  # noqa: E402
-from ragsvc.keyword_index import KeywordStore, rebuild_from_db  # noqa: E402
+from ragsvc.keyword_index import KeywordStore  # noqa: E402
 from ragsvc.local_models import ensure_smollm2  # noqa: E402
 from ragsvc.settings import Settings  # noqa: E402
 
@@ -73,8 +73,8 @@ def main() -> None:
     settings = Settings(data_dir=tmp / "data", index_dir=tmp / "indexes", database_url=url)
     sessions = make_sessionmaker(make_engine(url))
     embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-    store, keywords = IndexStore(settings.index_dir, embedder.dim), KeywordStore(settings.index_dir)
-    docs = DocumentService(settings, sessions, store, keywords)
+    store, keywords = IndexStore(settings.index_dir, embedder.dim), KeywordStore()
+    docs = DocumentService(settings, sessions, store)
     titles = sorted(needed) + others
     created = docs.create("wiki", [Upload(f"{t}.txt", f"{t}\n\n{wiki[t]}".encode()) for t in titles])
     doc_of = {t: d["id"] for t, d in zip(titles, created)}
@@ -82,7 +82,6 @@ def main() -> None:
     print(f"ingesting {len(titles)} articles…", file=sys.stderr)
     for d in created:
         coll = pipeline.process(d["id"])["collection_id"]
-    rebuild_from_db(sessions, keywords, coll)
 
     from transformers import AutoTokenizer
 

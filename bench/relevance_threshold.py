@@ -27,7 +27,7 @@ from ragsvc.db.migrate import upgrade  # noqa: E402
 from ragsvc.db.session import make_engine, make_sessionmaker  # noqa: E402
 from ragsvc.embedder import SentenceTransformerEmbedder  # noqa: E402
 from ragsvc.index_store import IndexStore  # noqa: E402
-from ragsvc.keyword_index import KeywordStore, rebuild_from_db  # noqa: E402
+from ragsvc.keyword_index import KeywordStore  # noqa: E402
 from ragsvc.retrieval import retrieve  # noqa: E402
 
 ON_TOPIC = [
@@ -79,7 +79,7 @@ def main() -> None:
     upgrade(url)
     sessions = make_sessionmaker(make_engine(url))
     embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-    store, keywords = IndexStore(tmp / "indexes", embedder.dim), KeywordStore(tmp / "indexes")
+    store, keywords = IndexStore(tmp / "indexes", embedder.dim), KeywordStore()
     data = Path(args.pdf).read_bytes()
     copy = tmp / "doc.pdf"
     copy.write_bytes(data)
@@ -94,8 +94,7 @@ def main() -> None:
         s.add(Job(document_id=doc.id, status="done"))
         coll_id, doc_id = coll.id, doc.id
     print("ingesting…", file=sys.stderr)
-    Pipeline(sessions, embedder, store, 200).process(doc_id)
-    rebuild_from_db(sessions, keywords, coll_id)
+    Pipeline(sessions, embedder, store, 200).process(doc_id)  # keyword entries are written as it turns ready
 
     def best(q: str) -> tuple[float, float]:
         with sessions() as s:

@@ -27,6 +27,7 @@ from ragsvc.db import Chunk, Document, DocumentStatus
 from ragsvc.embedder import Embedder
 from ragsvc.errors import IngestError
 from ragsvc.index_store import IndexStore
+from ragsvc.keyword_index import index_document
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 128  # chunks per progress update (sentence-transformers batches inside it)
@@ -243,6 +244,7 @@ class Pipeline:
                 old_chunk_ids = list(session.scalars(select(Chunk.id).where(Chunk.document_id == old.id)))
                 old_folder = Path(old.storage_path).parent
                 session.delete(old)  # same transaction as "ready": search sees one version or the other
+            index_document(session, document_id, collection_id)  # keyword search finds it once it is ready
             session.commit()
         if old is not None:
             self.store.remove(collection_id, old_chunk_ids, count=False)

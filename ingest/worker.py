@@ -27,7 +27,6 @@ from ingest.pipeline import Pipeline
 from ragsvc.db import AttemptOutcome, Document, DocumentStatus, Job, JobAttempt, JobStatus
 from ragsvc.db.models import utcnow
 from ragsvc.errors import IngestError
-from ragsvc.keyword_index import KeywordStore, rebuild_from_db
 from ragsvc.observability import INGESTED, STAGE_SECONDS, request_id
 from ragsvc.settings import Settings
 
@@ -35,13 +34,10 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], pipeline: Pipeline,
-                 keywords: KeywordStore | None = None) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], pipeline: Pipeline) -> None:
         self.settings = settings
         self.sessions = sessions
         self.pipeline = pipeline
-        self.keywords = keywords
-        self._dirty: set[str] = set()  # collections whose keyword index is behind
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.stop = threading.Event()
 
@@ -160,28 +156,10 @@ class Worker:
         except Exception:  # noqa: BLE001 - the history only; the next claim closes the attempt as lost
             log.warning("could not record the abandoned attempt of job %s", lease.job_id, exc_info=True)
 
-    def _more_queued(self, collection_id: str) -> bool:
-        with self.sessions() as session:
-            return session.scalar(
-                select(Job.id).join(Document).where(Document.collection_id == collection_id,
-                                                    Job.status == JobStatus.QUEUED).limit(1)
-            ) is not None
-
-    def flush_keywords(self) -> None:
-        """Rebuild the BM25 index of every collection changed since the last flush."""
-        while self._dirty and self.keywords is not None:
-            collection_id = self._dirty.pop()
-            try:
-                n = rebuild_from_db(self.sessions, self.keywords, collection_id)
-                log.info("keyword index of collection %s rebuilt (%d chunks)", collection_id, n)
-            except Exception:  # noqa: BLE001 - dense search still works; the next change retries
-                log.exception("keyword index rebuild for %s failed", collection_id)
-
     def run_one(self) -> bool:
         """Process one job if there is one; returns whether a job was found."""
         claimed = self.claim()
         if claimed is None:
-            self.flush_keywords()
             return False
         lease, document_id, rid = claimed
         token = request_id.set(rid)  # the upload's request id, in every log line about this document
@@ -195,10 +173,6 @@ class Worker:
             for stage in ("parse", "chunk", "embed", "store"):
                 STAGE_SECONDS.labels(stage).observe(stats[f"{stage}_s"])
             INGESTED.labels("ready").inc()
-            self._dirty.add(stats["collection_id"])
-            # Rebuild now unless more of this collection's documents are queued (bulk uploads rebuild once).
-            if not self._more_queued(stats["collection_id"]):
-                self.flush_keywords()
         except StaleLease as exc:
             stale = str(exc)
         except IngestError as exc:

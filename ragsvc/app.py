@@ -52,9 +52,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # The same constructor as the worker's (ragsvc/cli.py): questions and documents share a backend.
         embedder = await asyncio.to_thread(make_embedder, settings)
         state.index_store = make_index_store(settings, embedder.dim)
-        keywords = KeywordStore(settings.index_dir)
-        state.documents = DocumentService(settings, state.sessions, state.index_store, keywords)
-        state.asker = AskService(settings, state.sessions, embedder, state.index_store, keywords, state.engine)
+        state.documents = DocumentService(settings, state.sessions, state.index_store)
+        state.asker = AskService(settings, state.sessions, embedder, state.index_store, KeywordStore(),
+                                 state.engine)
         supervisor = WorkerSupervisor(settings) if settings.embedded_worker else None
         if supervisor:
             supervisor.start()

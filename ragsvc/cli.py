@@ -46,7 +46,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from ragsvc.db.session import make_engine, make_sessionmaker
     from ragsvc.embedder import make_embedder
     from ragsvc.index_store import make_index_store
-    from ragsvc.keyword_index import KeywordStore
 
     if settings.auto_migrate:
         upgrade(settings.resolved_database_url)
@@ -56,7 +55,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     store = make_index_store(settings, embedder.dim)
     pipeline = Pipeline(sessions, embedder, store, settings.chunk_tokens, settings.files_dir.resolve(),
                         ParseLimits.from_settings(settings))
-    worker = Worker(settings, sessions, pipeline, KeywordStore(settings.index_dir))
+    worker = Worker(settings, sessions, pipeline)
 
     def _stop(signum, _frame):  # noqa: ANN001
         logging.getLogger(__name__).info("signal %s: finishing the current job, then stopping", signum)
@@ -72,7 +71,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         if args.once:
             while worker.run_one():
                 pass
-            worker.flush_keywords()
         else:
             worker.run_forever()
     finally:
@@ -245,7 +243,6 @@ def cmd_index_rebuild(settings: Settings, args: argparse.Namespace) -> int:
         else:
             dim = size // 4
         store = make_index_store(settings, dim)
-        # TODO(keyword engineer): call the keyword index's rebuild hook here once it exists.
         for line in rebuild(sessions, store, dim, args.collection):
             print(json.dumps(line))
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,6 @@ from ragsvc.db import Chunk, Collection, Document, DocumentStatus, Job, JobAttem
 from ragsvc.errors import Conflict, InvalidInput, NotFound
 from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
-from ragsvc.keyword_index import KeywordStore, rebuild_from_db
 from ragsvc.observability import request_id
 from ragsvc.paths import normalise_path
 from ragsvc.settings import Settings
@@ -65,12 +63,10 @@ def validate_collection_name(name: str | None) -> str:
 
 
 class DocumentService:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: IndexStore,
-                 keywords: KeywordStore | None = None) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], store: IndexStore) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
-        self.keywords = keywords
         self.files_dir = settings.files_dir.resolve()
 
     # --- collections -------------------------------------------------------------------------
@@ -119,9 +115,8 @@ class DocumentService:
             coll_id = coll.id
             session.delete(coll)
             session.commit()
-        self.store.drop(coll_id)  # the folder holds the FAISS and the BM25 index
-        if self.keywords:
-            self.keywords.drop(coll_id)
+        # Keyword entries went with the chunk rows, in the same transaction (ragsvc/keyword_index.py).
+        self.store.drop(coll_id)
         for doc_id in doc_ids:
             shutil.rmtree(self.files_dir / doc_id, ignore_errors=True)
 
@@ -235,17 +230,9 @@ class DocumentService:
                 delete(Chunk).where(Chunk.document_id == document_id).returning(Chunk.id)))
             session.delete(doc)
             session.commit()
+        # The chunks' keyword entries were removed by the same transaction (ragsvc/keyword_index.py).
         self.store.remove(collection_id, chunk_ids)
         shutil.rmtree(self.files_dir / document_id, ignore_errors=True)
-        if self.keywords:
-            # Off the request path: the rows are gone, so no search can return the text meanwhile.
-            threading.Thread(target=self._rebuild_keywords, args=(collection_id,), daemon=True).start()
-
-    def _rebuild_keywords(self, collection_id: str) -> None:
-        try:
-            rebuild_from_db(self.sessions, self.keywords, collection_id)
-        except Exception:  # noqa: BLE001 - dense search keeps working; the next change rebuilds
-            log.exception("keyword index rebuild for %s failed", collection_id)
 
     # --- jobs --------------------------------------------------------------------------------
     def jobs(self, status: str | None = None, limit: int = 200, collection: str | None = None) -> list[dict]:

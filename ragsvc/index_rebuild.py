@@ -74,5 +74,16 @@ def rebuild(sessions: sessionmaker[Session], store: IndexStore, dim: int, collec
         if collection is not None:
             q = q.where(Collection.name == collection)
         colls = session.execute(q).all()
-    return [{"collection": name, "collection_id": cid, **rebuild_collection(sessions, store, cid, dim)}
+    return [{"collection": name, "collection_id": cid, **rebuild_collection(sessions, store, cid, dim),
+             "keyword_entries": _rebuild_keywords(sessions, cid)}
             for cid, name in colls]
+
+
+def _rebuild_keywords(sessions: sessionmaker[Session], collection_id: str) -> int:
+    """The keyword entries too: they live in the database, so this is one transaction of SQL."""
+    from ragsvc.keyword_index import reindex_collection
+
+    with sessions() as session:
+        n = reindex_collection(session, collection_id)
+        session.commit()
+    return n

@@ -1,9 +1,9 @@
-"""Hybrid retrieval: FAISS dense search and BM25 keyword search over the same chunks, fused by
+"""Hybrid retrieval: FAISS dense search and keyword search (the database's full-text engine) over the same chunks, fused by
 reciprocal rank fusion (RRF), then loaded from SQL.
 
 Hits whose chunk row is gone (a delete racing a search, or an ingest that crashed before commit) are
 skipped: the database is the source of truth. So are hits whose row belongs to another collection: a
-collection's FAISS and BM25 indexes are only hints, and the SQL that turns ids into text filters by the
+collection's FAISS index is only a hint (keyword entries are written and removed with the rows), and the SQL that turns ids into text filters by the
 collection and by ``ready``, so an orphan vector whose id later names another collection's chunk can
 never hand that chunk's text out (issue 12, item 3). Each passage keeps its dense and keyword scores.
 """
@@ -67,7 +67,7 @@ def retrieve(
     # Ask for more than k: some hits may belong to deleted or unfinished documents, or be filtered out.
     n = (k * 2 + 5) * (4 if document_ids else 1)
     dense = store.search(collection_id, query, n)
-    keyword = keywords.search(collection_id, question, n) if keywords else []
+    keyword = keywords.search(session, collection_id, question, n) if keywords else []
     if not dense and not keyword:
         return []
     fused = fuse(dense, keyword)

@@ -94,7 +94,7 @@ class Service:
         raise AssertionError(f"document {doc_id} not done after {timeout}s (states seen: {seen})")
 
     def _job_finished(self, doc_id: str) -> bool:
-        """The worker marks the job done after the keyword index is rebuilt: then all work is over."""
+        """The worker marks the job done after the document is ready: then all work is over."""
         jobs = self.client.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]
         mine = [j for j in jobs if j["document_id"] == doc_id]
         return not mine or mine[0]["status"] in ("done", "failed")

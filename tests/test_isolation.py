@@ -29,7 +29,7 @@ from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.errors import IngestError
 from ragsvc.index_check import check
 from ragsvc.index_store import IndexStore
-from ragsvc.keyword_index import KeywordStore, rebuild_from_db
+from ragsvc.keyword_index import KeywordStore
 from ragsvc.retrieval import retrieve
 from ragsvc.settings import Settings
 from tests.conftest import RAGSVC, base_env, new_pg_database
@@ -64,8 +64,8 @@ class World:
         self.sessions = make_sessionmaker(self.engine)
         self.embedder = embedder
         self.store = store or IndexStore(self.settings.index_dir, embedder.dim)
-        self.keywords = KeywordStore(self.settings.index_dir)
-        self.docs = DocumentService(self.settings, self.sessions, self.store, self.keywords)
+        self.keywords = KeywordStore()
+        self.docs = DocumentService(self.settings, self.sessions, self.store)
         self.chunk_tokens = chunk_tokens
         self.pipeline = self.pipeline_on(self.store)
 
@@ -78,7 +78,6 @@ class World:
     def ingest(self, collection: str, filename: str, text: str) -> dict:
         doc = self.upload(collection, filename, text)
         stats = self.pipeline.process(doc["id"])
-        rebuild_from_db(self.sessions, self.keywords, stats["collection_id"])
         return doc | {"collection_id": stats["collection_id"]}
 
     def collection_id(self, name: str) -> str:
@@ -115,6 +114,15 @@ def assert_a_never_sees_b(w: World, a_id: str, b_doc: dict) -> None:
     assert any("7741" in h.text for h in w.ask(b_doc["collection_id"]))
 
 
+def misfile_keyword_entry(w: World, chunk_id: int, collection_id: str) -> None:
+    from sqlalchemy import text
+
+    table, key = ("keyword_fts", "rowid") if w.url.startswith("sqlite") else ("keyword_entries", "chunk_id")
+    with w.sessions() as s:
+        s.execute(text(f"UPDATE {table} SET collection_id = :c WHERE {key} = :k"), {"c": collection_id, "k": chunk_id})
+        s.commit()
+
+
 def assert_index_matches_rows(w: World) -> None:
     reports = check(w.sessions, w.store)
     assert [r.describe() for r in reports if r.problems] == []
@@ -130,12 +138,13 @@ def test_orphan_vector_and_keyword_entry_never_return_another_collections_chunk(
     b = w.ingest("b", "secret.txt", SECRET)
     a_id = w.collection_id("a")
     (secret_id,) = w.chunk_ids(b["id"])
-    # The orphan: B's chunk id, in A's FAISS index and in A's BM25 index.
+    # The orphan: B's chunk id, in A's FAISS index; and B's keyword entry misfiled under A (the keyword
+    # search filters by its own collection column, so this is what a stale entry of A would look like).
     w.store.add(a_id, [secret_id], w.embedder.embed([SECRET]))
-    a_rows = [(cid, HARBOUR) for cid in w.chunk_ids(w.docs.list("a")[0]["id"])]
-    w.keywords.rebuild(a_id, [c for c, _ in a_rows] + [secret_id], [t for _, t in a_rows] + [SECRET])
+    misfile_keyword_entry(w, secret_id, a_id)
     assert secret_id in {cid for cid, _ in w.store.search(a_id, w.embedder.embed([QUESTION])[0], 5)}
-    assert secret_id in {cid for cid, _ in w.keywords.search(a_id, "Bluebird vault 7741", 5)}
+    with w.sessions() as s:
+        assert secret_id in {cid for cid, _ in w.keywords.search(s, a_id, "Bluebird vault 7741", 5)}
     assert_a_never_sees_b(w, a_id, b)
     # ... and the check names that vector as one without a ready row of A.
     (report,) = [r for r in check(w.sessions, w.store) if r.collection == "a"]

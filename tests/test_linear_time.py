@@ -126,7 +126,7 @@ def _keyword_tokens(text: str):
     return _tokenize([text])
 
 
-CASES.append(("keyword tokenisation (bm25s)", _keyword_tokens, lambda n: "a" * n + " b" * n, 20000))  # guard
+CASES.append(("keyword query tokenisation", _keyword_tokens, lambda n: "a" * n + " b" * n, 20000))  # guard
 
 
 @contextmanager

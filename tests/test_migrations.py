@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from ragsvc.db.models import Base
+from ragsvc.db.models import Base, include_name
 from tests.conftest import RAGSVC, base_env, new_pg_database
 
 
@@ -25,7 +25,8 @@ def assert_schema_matches_models(url: str) -> None:
     try:
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) >= {"collections", "documents", "chunks", "jobs", "api_keys"}
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"include_name": include_name}),
+                                    Base.metadata)
             assert diff == [], f"models and migrations disagree: {diff}"
     finally:
         engine.dispose()

@@ -1,4 +1,4 @@
-"""Hybrid retrieval on the real pipeline: SQLite rows, FAISS vectors, bm25s keywords, real embedder."""
+"""Hybrid retrieval on the real pipeline: SQLite rows, FAISS vectors, FTS5 keywords, real embedder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import DocumentService, Upload
 from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.index_store import IndexStore
-from ragsvc.keyword_index import KeywordStore, rebuild_from_db
+from ragsvc.keyword_index import KeywordStore
 from ragsvc.retrieval import fuse, retrieve
 from ragsvc.settings import Settings
 
@@ -32,14 +32,13 @@ def world(tmp_path_factory):
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-    store, keywords = IndexStore(settings.index_dir, embedder.dim), KeywordStore(settings.index_dir)
-    docs = DocumentService(settings, sessions, store, keywords)
+    store, keywords = IndexStore(settings.index_dir, embedder.dim), KeywordStore()
+    docs = DocumentService(settings, sessions, store)
     created = docs.create("boat", [Upload(f"note{i}.txt", t.encode()) for i, t in enumerate(NOTES)])
     pipeline = Pipeline(sessions, embedder, store, 200, settings.files_dir.resolve())
     for d in created:
         pipeline.process(d["id"])
     coll = pipeline.process(created[0]["id"])["collection_id"]  # re-processing is idempotent
-    assert rebuild_from_db(sessions, keywords, coll) == len(NOTES)
     yield sessions, embedder, store, keywords, coll, docs, created
     engine.dispose()
 
@@ -73,11 +72,11 @@ def test_deleted_text_never_returned(world):
     anchor = next(d for d in created if d["filename"] == "note4.txt")
     with sessions() as s:
         gone = set(s.scalars(select(Chunk.id).where(Chunk.document_id == anchor["id"])))
-    assert gone and {cid for cid, _ in keywords.search(coll, "anchor chain", 5)} & gone
+    with sessions() as s:
+        assert gone and {cid for cid, _ in keywords.search(s, coll, "anchor chain", 5)} & gone
     docs.delete(anchor["id"])
-    with sessions() as s:  # at once, before any keyword rebuild: rows are gone, so hits are skipped
+    with sessions() as s:  # at once: the keyword entries went with the rows
+        assert not {cid for cid, _ in keywords.search(s, coll, "anchor chain", 5)} & gone
         hits = retrieve(s, embedder, store, keywords, coll, "How long is the anchor chain?", 5)
     assert hits and all("anchor chain" not in h.text for h in hits)
     assert not {cid for cid, _ in store.search(coll, embedder.embed(["anchor chain"])[0], 10)} & gone
-    rebuild_from_db(sessions, keywords, coll)
-    assert not {cid for cid, _ in keywords.search(coll, "anchor chain", 5)} & gone

@@ -196,3 +196,14 @@ class RateLimitWindow(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     reset_at: Mapped[int] = mapped_column(BigInteger)  # unix seconds at which this window ends
     hits: Mapped[int] = mapped_column(Integer)
+
+
+# Keyword search entries (migrations/versions/0008_keyword_fulltext.py, ragsvc/keyword_index.py) have no
+# model: SQLite's is an FTS5 virtual table (with shadow tables keyword_fts_data, _idx, ...) and PostgreSQL's
+# a tsvector table, each on one database only. Alembic's comparison with the models skips them by name.
+KEYWORD_TABLE_PREFIXES = ("keyword_fts", "keyword_entries")
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:  # noqa: ARG001
+    """Alembic ``include_name`` hook: everything but the keyword search tables (and their indexes)."""
+    return not (name or "").startswith(KEYWORD_TABLE_PREFIXES + ("ix_keyword_entries",))

@@ -1,0 +1,346 @@
+"""Keyword search: today's bm25s index vs the databases' own full-text engines (issue 13 item 3).
+
+Two measurements, both through ragsvc's real code (``ragsvc/keyword_index.py``: ``index_document`` in the
+transaction that makes a document ready, ``KeywordStore.search``) on migrated databases:
+
+1. **Recall** on the eval set: the corpus files are chunked exactly as the pipeline does
+   (``bench/eval/corpus.py``'s ``chunks_of``), each chunk is indexed as ``f"{heading_path}\\n{text}"``, and
+   every question of ``bench/eval/*.jsonl`` with evidence retrieves its top 10 chunks by keywords only.
+   recall@10 = share of questions all of whose evidence strings (whitespace-normalised, as ``ragsvc eval``
+   matches them) lie in one of the top 10 (``bench/embedding_recall.py``'s definition). Engines: bm25s as
+   ragsvc used it (English stopwords, no stemming), SQLite FTS5 ``bm25()``, PostgreSQL ``ts_rank``.
+2. **Scale**: N synthetic chunks of ~100 tokens drawn from a Zipf vocabulary (s=1.07, 50k words; the
+   33 most frequent words are bm25s's English stopwords, so the commonest words behave as in English),
+   in 200-chunk documents of one collection. Then the p50/p99 of ``KeywordStore.search`` (k=25, what
+   retrieval asks for k=10) over question-like queries (3 stopwords + 5 content words drawn from the same
+   distribution), and the index work to add a 200-chunk document (``index_document``) and to delete it.
+
+    .venv/bin/python bench/keyword_search.py recall CORPUS_DIR      # a folder of corpus files (wiki/ at least)
+    .venv/bin/python bench/keyword_search.py scale --chunks 1000000 [--engines sqlite postgresql]
+
+Results are merged into ``bench/results/keyword_search.json``. PostgreSQL: a fresh database is created
+at ``RAGSVC_TEST_PG`` (default ``postgresql://127.0.0.1:5432/test``) and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "bench" / "results" / "keyword_search.json"
+PG_ADMIN_URL = os.environ.get("RAGSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
+K = 10
+DOC_CHUNKS = 200
+
+
+@contextmanager
+def database(engine_name: str, tmp: Path):
+    """A migrated, empty database of the kind named; yields its SQLAlchemy URL."""
+    from ragsvc.db.migrate import upgrade
+
+    if engine_name == "sqlite":
+        url = f"sqlite:///{tmp / f'kw-{uuid.uuid4().hex[:6]}.db'}"
+        upgrade(url)
+        yield url
+        return
+    import psycopg
+
+    name = f"ragsvc_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def insert_document(session, collection_id: str, heads_texts: list[tuple[str, str]]) -> str:
+    """A ready document with these chunks, its keyword entries written as the pipeline's ready step does."""
+    from sqlalchemy import insert
+
+    from ragsvc.db import Chunk, Document, DocumentStatus
+    from ragsvc.keyword_index import index_document
+
+    doc = Document(collection_id=collection_id, filename="f.txt", kind="text", size_bytes=1, sha256="x",
+                   storage_path="p", status=DocumentStatus.READY)
+    session.add(doc)
+    session.flush()
+    session.execute(insert(Chunk), [
+        {"document_id": doc.id, "ordinal": i, "text": t, "heading_path": h, "char_start": 0, "char_end": len(t),
+         "token_count": 1, "content_hash": ""} for i, (h, t) in enumerate(heads_texts)])
+    index_document(session, doc.id, collection_id)
+    return doc.id
+
+
+def new_collection(session) -> str:
+    from ragsvc.db import Collection
+
+    coll = Collection(name=f"bench-{uuid.uuid4().hex[:6]}")
+    session.add(coll)
+    session.flush()
+    return coll.id
+
+
+# --- 1. recall on the eval set ---------------------------------------------------------------------------
+
+def recall(args: argparse.Namespace) -> dict:
+    import bm25s
+
+    from bench.eval.corpus import chunks_of
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.evaluation import load_questions, normalize_ws
+    from sqlalchemy import text
+
+    from ragsvc.keyword_index import POSTINGS_BUDGET, KeywordStore
+
+    files = sorted((ROOT / "bench" / "eval").glob("*.jsonl"))
+    chunks = chunks_of(args.corpus)  # (file, heading path, text)
+    corpus_files = {p.name for p in args.corpus.iterdir() if p.is_dir()}
+    # A question file counts only when its documents are in the corpus (debian.jsonl needs debian/).
+    files = [f for f in files if f.stem in corpus_files]
+    questions = [q for f in files for q in load_questions(f) if q.evidence]
+    flat = [normalize_ws(t) for _, _, t in chunks]
+    bodies = [f"{h}\n{t}" for _, h, t in chunks]
+
+    def score(tops: list[list[int]]) -> dict:
+        hits = found = pieces = 0
+        for q, top in zip(questions, tops):
+            got = [any(normalize_ws(e) in flat[i] for i in top) for e in q.evidence]
+            hits += all(got)
+            found += sum(got)
+            pieces += len(got)
+        return {"recall_at_10": round(hits / len(questions), 4), "hits": hits,
+                "piece_recall": round(found / pieces, 4)}
+
+    out = {"corpus": str(args.corpus), "question_files": [f.name for f in files], "chunks": len(chunks),
+           "questions_with_evidence": len(questions), "engines": {}}
+    model = bm25s.BM25()  # today's ragsvc/keyword_index.py, as it was before issue 13
+    model.index(bm25s.tokenize(bodies, stopwords="en", show_progress=False), show_progress=False)
+    tops = []
+    for q in questions:
+        tok = bm25s.tokenize([q.question], stopwords="en", show_progress=False)
+        if not tok.ids or not tok.ids[0]:
+            tops.append([])
+            continue
+        docs, scores = model.retrieve(tok, k=K, show_progress=False, n_threads=1)
+        tops.append([int(d) for d, s in zip(docs[0], scores[0]) if s > 0])
+    out["engines"]["bm25s"] = score(tops)
+    print("bm25s", out["engines"]["bm25s"], file=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.engines:
+            with database(name, Path(tmp)) as url:
+                engine = make_engine(url)
+                sessions = make_sessionmaker(engine)
+                with sessions() as s:
+                    coll = new_collection(s)
+                    by_file: dict[str, list[int]] = {}
+                    for i, (f, _, _) in enumerate(chunks):
+                        by_file.setdefault(f, []).append(i)
+                    row_of: dict[int, int] = {}  # chunk id -> index into chunks
+                    from sqlalchemy import select
+
+                    from ragsvc.db import Chunk
+                    for f, idx in by_file.items():
+                        doc_id = insert_document(s, coll, [(chunks[i][1], chunks[i][2]) for i in idx])
+                        ids = s.scalars(select(Chunk.id).where(Chunk.document_id == doc_id).order_by(Chunk.ordinal))
+                        row_of.update(zip(ids, idx))
+                    s.commit()
+                    if name == "postgresql":  # what autovacuum does: pg_stats feeds the pruning
+                        s.execute(text("ANALYZE keyword_entries"))
+                        s.commit()
+                    for budget in args.budgets:
+                        store = KeywordStore(postings_budget=budget)
+                        tops = [[row_of[cid] for cid, _ in store.search(s, coll, q.question, K)] for q in questions]
+                        label = name if budget == POSTINGS_BUDGET else f"{name}_budget_{budget}"
+                        out["engines"][label] = score(tops)
+                        print(label, out["engines"][label], file=sys.stderr)
+                engine.dispose()
+    return out
+
+
+# --- 2. latency and index work at scale --------------------------------------------------------------------
+
+def vocabulary(n_words: int, rng) -> list[str]:
+    from ragsvc.keyword_index import STOPWORDS
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words, seen = sorted(STOPWORDS), set(STOPWORDS)
+    while len(words) < n_words:
+        w = "".join(letters[i] for i in rng.integers(0, 26, size=int(rng.integers(3, 10))))
+        if w not in seen:
+            seen.add(w)
+            words.append(w)
+    return words
+
+
+def zipf_sampler(n_words: int, s: float, rng):
+    import numpy as np
+
+    p = 1.0 / np.arange(1, n_words + 1) ** s
+    cdf = np.cumsum(p / p.sum())
+    return lambda size: np.minimum(np.searchsorted(cdf, rng.random(size)), n_words - 1)
+
+
+def scale(args: argparse.Namespace) -> dict:
+    import numpy as np
+    from sqlalchemy import delete, text
+
+    from ragsvc.db import Document
+    from ragsvc.db.session import make_engine, make_sessionmaker
+    from ragsvc.keyword_index import KeywordStore
+
+    rng = np.random.default_rng(0)
+    words = np.array(vocabulary(args.vocab, rng))
+    draw = zipf_sampler(args.vocab, args.zipf_s, rng)
+    n_stop = 33
+
+    def chunk_texts(n: int) -> list[str]:
+        lens = rng.integers(80, 121, size=n)
+        toks = words[draw(int(lens.sum()))]
+        out, at = [], 0
+        for ln in lens:
+            out.append(" ".join(toks[at:at + ln]))
+            at += ln
+        return out
+
+    def content_words(n: int) -> list[str]:
+        got = []
+        while len(got) < n:
+            r = int(draw(1)[0])
+            if r >= n_stop:
+                got.append(str(words[r]))
+        return got
+
+    queries = [" ".join(list(words[rng.integers(0, n_stop, 3)]) + content_words(5)) for _ in range(args.queries)]
+    results = {"chunks": args.chunks, "tokens_per_chunk": "80-120", "vocabulary": args.vocab,
+               "zipf_s": args.zipf_s, "queries": args.queries, "k": 25, "engines": {}}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for name in args.engines:
+            with database(name, Path(tmp)) as url:
+                engine = make_engine(url)
+                sessions = make_sessionmaker(engine)
+                t0 = time.perf_counter()
+                with sessions() as s:
+                    coll = new_collection(s)
+                    s.commit()
+                    if name == "postgresql":  # bulk load: build the GIN index once at the end
+                        s.execute(text("DROP INDEX ix_keyword_entries_tsv"))
+                        s.commit()
+                    for start in range(0, args.chunks, DOC_CHUNKS):
+                        insert_document(s, coll, [("", t) for t in chunk_texts(min(DOC_CHUNKS, args.chunks - start))])
+                        if (start // DOC_CHUNKS) % 50 == 49:
+                            s.commit()
+                            print(f"{name}: {start + DOC_CHUNKS} chunks, {time.perf_counter() - t0:.0f} s",
+                                  file=sys.stderr)
+                    s.commit()
+                    if name == "postgresql":
+                        s.execute(text("CREATE INDEX ix_keyword_entries_tsv ON keyword_entries USING gin (tsv)"))
+                        s.execute(text("ANALYZE keyword_entries"))
+                        s.commit()
+                    else:
+                        s.execute(text("INSERT INTO keyword_fts(keyword_fts) VALUES ('optimize')"))
+                        s.commit()
+                build_s = time.perf_counter() - t0
+                runs = {}
+                with sessions() as s:
+                    if name == "postgresql":
+                        s.execute(text("ANALYZE keyword_entries"))
+                        s.commit()
+                    # The default (pruned) query, and the exact one (no budget) on a share of the queries.
+                    for label, store, qs in (("pruned", KeywordStore(), queries),
+                                             ("exact", KeywordStore(postings_budget=10**15),
+                                              queries[:args.exact_queries])):
+                        for q in qs[:5]:  # warm the cache
+                            store.search(s, coll, q, 25)
+                        lat, tops = [], []
+                        for q in qs:
+                            t = time.perf_counter()
+                            tops.append([c for c, _ in store.search(s, coll, q, 25)])
+                            lat.append((time.perf_counter() - t) * 1000)
+                        runs[label] = (sorted(lat), tops)
+                # Index work of one more 200-chunk document: insert rows + entries, then delete it (the
+                # entries go with the rows). Timed around the whole transaction, commit included.
+                add, rm = [], []
+                for _ in range(args.doc_trials):
+                    texts = chunk_texts(DOC_CHUNKS)
+                    with sessions() as s:
+                        t = time.perf_counter()
+                        doc_id = insert_document(s, coll, [("", x) for x in texts])
+                        s.commit()
+                        add.append(time.perf_counter() - t)
+                        t = time.perf_counter()
+                        s.execute(delete(Document).where(Document.id == doc_id))
+                        s.commit()
+                        rm.append(time.perf_counter() - t)
+                engine.dispose()
+            res = {"build_s": round(build_s, 1)}
+            for label, (lat, tops) in runs.items():
+                res[label] = {"queries": len(lat), "search_ms_p50": round(statistics.median(lat), 2),
+                              "search_ms_p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
+                              "search_ms_max": round(lat[-1], 2),
+                              "mean_hits": round(statistics.mean(len(t) for t in tops), 1)}
+            # How much pruning changes the answer: share of the exact top 10 that the pruned top 10 keeps.
+            exact_tops, pruned_tops = runs["exact"][1], runs["pruned"][1][:len(runs["exact"][1])]
+            res["pruned_top10_overlap_with_exact"] = round(statistics.mean(
+                len(set(a[:10]) & set(b[:10])) / max(1, min(10, len(b))) for a, b in zip(pruned_tops, exact_tops)), 4)
+            results["engines"][name] = res | {
+                "add_200_chunk_doc_s_median": round(statistics.median(add), 4),
+                "delete_200_chunk_doc_s_median": round(statistics.median(rm), 4),
+            }
+            print(name, results["engines"][name], file=sys.stderr)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("recall")
+    r.add_argument("corpus", type=Path)
+    r.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
+    r.add_argument("--budgets", nargs="+", type=int, default=[20_000],
+                   help="postings budgets to prune at (20000 = the default; a small one shows pruning's cost)")
+    r.add_argument("--key", default="recall", help="name of the result in the JSON file")
+    s = sub.add_parser("scale")
+    s.add_argument("--chunks", type=int, default=1_000_000)
+    s.add_argument("--vocab", type=int, default=50_000)
+    s.add_argument("--zipf-s", type=float, default=1.07)
+    s.add_argument("--queries", type=int, default=300)
+    s.add_argument("--doc-trials", type=int, default=5)
+    s.add_argument("--exact-queries", type=int, default=100, help="queries also run exact (no pruning)")
+    s.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
+    s.add_argument("--tmp", default=None, help="folder for the SQLite file (needs a few GB at 1M chunks)")
+    s.add_argument("--out", type=Path, default=OUT)
+    r.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown")
+    result = recall(args) if args.what == "recall" else scale(args)
+    result |= {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu_model": cpu,
+               "cpus": os.cpu_count()}
+    merged = json.loads(args.out.read_text()) if args.out.exists() else {}
+    key = args.key if args.what == "recall" else f"scale_{args.chunks}"
+    merged[key] = result
+    args.out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
