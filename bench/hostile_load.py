@@ -28,7 +28,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import Recorder, corpus, pct  # noqa: E402 - the sibling benchmark's corpus and recorder
+from load import Recorder, corpus, pct, serve  # noqa: E402 - the sibling benchmark's corpus, recorder and start
 
 
 # --- hostile inputs ----------------------------------------------------------------------------
@@ -93,31 +92,6 @@ HOSTILE_QUESTIONS = [
 
 
 # --- the run -----------------------------------------------------------------------------------
-def start_service(tmp: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSVC_")} | {
-        "RAGSVC_DATA_DIR": str(tmp / "data"), "RAGSVC_INDEX_DIR": str(tmp / "indexes"),
-        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAGSVC_WORKER_POLL_S": "0.3",
-        "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "ragsvc"), "serve", "--port", str(port)], env=env,
-                            cwd=tmp, stdout=(tmp / "service.log").open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/ready", timeout=5).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"service exited: {(tmp / 'service.log').read_text()[-2000:]}")
-        time.sleep(1)
-    raise SystemExit("service not ready after 900 s")
-
-
 def wait_ready(c: httpx.Client, ids: list[str], timeout: float) -> dict[str, str]:
     deadline = time.time() + timeout
     while True:
@@ -259,7 +233,7 @@ def main() -> int:
         if args.url:
             base = args.url.rstrip("/")
         else:
-            proc, base = start_service(tmp)
+            proc, base = serve(tmp, {"VLLM_CPU_KVCACHE_SPACE": "1"})  # SQLite: the embedded default
         docs = corpus(400)
         with httpx.Client(base_url=base, timeout=600) as c:
             # Seed: normal documents to ask about, and the whitespace bomb the hostile asks retrieve.

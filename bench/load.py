@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,20 +83,27 @@ class Recorder:
 
 
 def start_service(tmp: Path) -> tuple[subprocess.Popen, str, str]:
+    """``ragsvc serve`` on a fresh PostgreSQL database; returns (process, base URL, database name)."""
     import psycopg
 
     db = f"ragsvc_load_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{db}"')
     url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{db}"
+    proc, base = serve(tmp, {"RAGSVC_DATABASE_URL": url})
+    return proc, base, db
+
+
+def serve(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``ragsvc serve`` on a free port with its data under ``tmp``, once ``/ready``; (process, base URL)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSVC_")} | {
-        "RAGSVC_DATABASE_URL": url, "RAGSVC_DATA_DIR": str(tmp / "data"), "RAGSVC_INDEX_DIR": str(tmp / "indexes"),
-        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAGSVC_WORKER_POLL_S": "0.3"}
+        "RAGSVC_DATA_DIR": str(tmp / "data"), "RAGSVC_INDEX_DIR": str(tmp / "indexes"),
+        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAGSVC_WORKER_POLL_S": "0.3"} | extra_env
     proc = subprocess.Popen([str(Path(sys.executable).parent / "ragsvc"), "serve", "--port", str(port)], env=env,
                             cwd=tmp, stdout=(tmp / "service.log").open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -106,7 +112,7 @@ def start_service(tmp: Path) -> tuple[subprocess.Popen, str, str]:
     while time.time() < deadline:
         try:
             if httpx.get(base + "/ready", timeout=5).status_code == 200:
-                return proc, base, db
+                return proc, base
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
