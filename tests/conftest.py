@@ -65,6 +65,24 @@ def new_pg_database():
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh database for one test, SQLite (a file in its tmp_path) and then PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        with new_pg_database() as url:
+            yield url
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real embedding model (the packaged all-MiniLM-L6-v2), loaded once for the whole run."""
+    from ragsvc.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
+
+
 @pytest.fixture(scope="session")
 def pg_database():
     with new_pg_database() as url:

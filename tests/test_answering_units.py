@@ -6,18 +6,12 @@ import pytest
 
 from ragsvc.ask import AskService
 from ragsvc.citations import CitationChecker
-from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.generation import VllmGenerator
 from ragsvc.local_models import ensure_smollm2
 from ragsvc.packing import edges_first, merge_adjacent
 from ragsvc.retrieval import Passage
 from ragsvc.router import route
 from ragsvc.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
 
 
 def tokenizer_only(max_model_len: int) -> VllmGenerator:

@@ -7,16 +7,10 @@ import pytest
 
 from ingest.chunker import Chunker
 from ingest.parsers import glued_share, parse, parse_markdown, parse_pdf, parse_text
-from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.errors import ParseError, UnsupportedMediaType
 from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
 from tests.docmaker import FACT_PAGES, MARKDOWN_DOC, make_image_only_pdf, make_pdf
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
 
 
 def test_pdf_pages_keep_numbers_and_text():

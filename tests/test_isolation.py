@@ -32,27 +32,13 @@ from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import KeywordStore
 from ragsvc.retrieval import retrieve
 from ragsvc.settings import Settings
-from tests.conftest import RAGSVC, base_env, new_pg_database
+from tests.conftest import RAGSVC, base_env
 
 SECRET = "The vault combination for project Bluebird is 7741-alpha, known only to the night shift."
 QUESTION = "What is the vault combination for project Bluebird?"
 # A's own documents: one about the same subject (so its vectors rank first for the question), one not.
 DRAFT = "Draft note for the harbour office: the vault combination for project Bluebird will be chosen later."
 HARBOUR = "The harbour crane lifts containers from the ferry to the pier every morning at six."
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'iso.db'}"
-    else:
-        with new_pg_database() as url:
-            yield url
 
 
 class World:

@@ -19,7 +19,6 @@ from ragsvc.db import Chunk, Collection
 from ragsvc.db.migrate import upgrade
 from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import DocumentService, Upload
-from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import MAX_TERMS, KeywordStore, prune, query_terms
 from ragsvc.settings import Settings
@@ -36,20 +35,6 @@ HOSTILE = [
     "\u202e\u200bpump\ufeff", "日本語の質問", "x" * 4000, ("pump " * 800)[:4000], ("\"NEAR(* ^) " * 400)[:4000],
     " ".join(f"w{i}" for i in range(700)), "", "   ", "the of and",
 ]
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'kw.db'}"
-    else:
-        with new_pg_database() as url:
-            yield url
 
 
 class World:

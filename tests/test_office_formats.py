@@ -6,15 +6,9 @@ import pytest
 
 from ingest.chunker import Chunker
 from ingest.parsers import parse
-from ragsvc.embedder import SentenceTransformerEmbedder
 from ragsvc.errors import ParseError
 from ragsvc.filetypes import detect_kind
 from tests.docmaker import EML_DOC, HTML_DOC, make_docx, make_pptx, zip_bomb
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
 
 
 def test_kinds_from_content_not_name():

@@ -28,7 +28,7 @@ from ragsvc.index_check import check
 from ragsvc.index_rebuild import rebuild
 from ragsvc.index_store import MANIFEST, IndexStore
 from ragsvc.settings import Settings
-from tests.conftest import RAGSVC, base_env, new_pg_database
+from tests.conftest import RAGSVC, base_env
 
 DIM = 384
 
@@ -159,20 +159,6 @@ def test_ivf_sq8_segments_hold_a_quarter_of_the_memory_and_still_search_and_dele
 
 
 # --- the database, the pipeline and killed processes ---------------------------------------------------
-
-@pytest.fixture(scope="module")
-def embedder():
-    return SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'seg.db'}"
-    else:
-        with new_pg_database() as url:
-            yield url
-
 
 TOPICS = ["harbour cranes", "ferry timetables", "lighthouse keepers", "tide tables", "pier repairs",
           "fishing nets", "sail making", "harbour pilots"]

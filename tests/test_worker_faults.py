@@ -11,7 +11,6 @@ import subprocess
 import time
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import func, select, update
 
 from ragsvc.db import Chunk, Document, Job
@@ -21,7 +20,7 @@ from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import DocumentService, Upload
 from ragsvc.index_store import IndexStore
 from ragsvc.settings import Settings
-from tests.conftest import RAGSVC, base_env, new_pg_database
+from tests.conftest import RAGSVC, base_env
 from tests.docmaker import make_pdf
 
 WORDS = ("harbour crane ferry lighthouse tide pier anchor rope gull kestrel heron otter salmon trout "
@@ -36,15 +35,6 @@ def long_pdf(pages: int = 120) -> bytes:
                  f"{WORDS[(p * 3 + i) % len(WORDS)]} at {i * 7 % 60} minutes past {p % 24}." for i in range(14)]
         texts.append(" ".join(sents))
     return make_pdf(texts)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'faults.db'}"
-    else:
-        with new_pg_database() as url:
-            yield url
 
 
 def start_worker(tmp_path, url: str, lease_s: float, **extra: str) -> subprocess.Popen:

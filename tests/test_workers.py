@@ -19,22 +19,12 @@ from sqlalchemy import func, select, update
 from ingest.lease import Lease, StaleLease
 from ingest.worker import Worker
 from ragsvc.db import Chunk, Document, Job, JobAttempt
-from ragsvc.db.models import utcnow
 from ragsvc.db.session import make_engine, make_sessionmaker
 from ragsvc.documents import Upload
 from ragsvc.index_store import IndexStore
 from ragsvc.settings import Settings
 from tests.conftest import RAGSVC, base_env, new_pg_database
 from tests.test_worker_faults import long_pdf, queue, wait_for
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'workers.db'}"
-    else:
-        with new_pg_database() as url:
-            yield url
 
 
 def start_worker(tmp_path, url: str, lease_s: float, name: str) -> subprocess.Popen:
