@@ -204,6 +204,7 @@ def test_real_training_in_another_process_does_not_block_writers(tmp_path):
         time.sleep(0.01)
     store.add("c", list(range(60_000, 62_000)), vecs[60_000:])
     assert store.remove("c", [0, 1, 2]) == 3
+    assert store.search("c", vecs[61_000], 1)[0][0] == 61_000  # searchable while the other process trains
     # Both writes finished while the other process still trained (its k-means takes seconds here).
     assert training(), "the writes waited for the training (or it ended too fast to tell)"
     assert trainer.wait(300) == 0

@@ -90,6 +90,10 @@ CASES = [
     ("e-mail, encoded words in Subject:", _parse_eml, lambda n: _eml(b"Subject: " + b"=?utf-8?q?a?= " * n), 2000),
     ("e-mail, encoded words in To:", _parse_eml, lambda n: _eml(b"To: " + b"=?utf-8?q?a?= " * n), 2000),  # old: x7-x12
     ("e-mail, unterminated encoded words", _parse_eml, lambda n: _eml(b"Subject: " + b"=?utf-8?q?a" * n), 1000),
+    ("e-mail body paragraphs, a whitespace run after one newline", _parse_eml,
+     lambda n: _eml(b"Subject: s", b"a\n" + b" " * n + b"b"), 20000),  # guard: office._PARAGRAPH_BREAK
+    ("e-mail body paragraphs, runs of newlines and spaces", _parse_eml,
+     lambda n: _eml(b"Subject: s", b"a" + b"\n \t" * n + b"b"), 5000),  # guard
     ("e-mail, To: with many addresses", _parse_eml, lambda n: _eml(b"To: " + b"a@b.example, " * n), 1000),  # guard
     # Asking: passages of uploaded documents, the question, the model's output.
     ("bridge entities, capital then spaces", lambda t: multihop.bridge_entities("q", [t], 3),
