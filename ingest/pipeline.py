@@ -24,6 +24,7 @@ from ingest.chunker import Chunker
 from ingest.lease import NO_LEASE, Lease, NoLease
 from ingest.sandbox import ParseLimits, parse_in_child
 from ragsvc.db import Chunk, Document, DocumentStatus
+from ragsvc.db.locks import lock_jobs_then_documents
 from ragsvc.embedder import Embedder
 from ragsvc.errors import IngestError
 from ragsvc.index_store import IndexStore
@@ -218,9 +219,13 @@ class Pipeline:
     def _make_ready(self, document_id: str, collection_id: str, replaces_id: str | None, ids: list[int],
                     parsed, reused: int, lease: Lease | NoLease) -> str | None:
         with self._fenced(lease) as session:
-            # PostgreSQL: lock the old version before this one, the order a delete of the old version
-            # takes them in (its ON DELETE SET NULL touches this row), so the two cannot deadlock.
-            old = session.get(Document, replaces_id, with_for_update=True) if replaces_id else None
+            # PostgreSQL: lock the old version (its job, then its row: deleting it below cascades to its
+            # job) before this one, the order a delete of the old version takes them in (its ON DELETE
+            # SET NULL touches this row), so the two cannot deadlock (ragsvc/db/locks.py).
+            old = None
+            if replaces_id:
+                lock_jobs_then_documents(session, Document.id == replaces_id)
+                old = session.get(Document, replaces_id, with_for_update=True)
             # Then the write: it takes SQLite's write lock (PostgreSQL's row lock), so no delete of this
             # document can land between this check and the commit.
             found = session.execute(

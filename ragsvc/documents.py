@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ragsvc.db import Chunk, Collection, Document, DocumentStatus, Job, JobAttempt
+from ragsvc.db.locks import lock_jobs_then_documents
 from ragsvc.errors import Conflict, InvalidInput, NotFound
 from ragsvc.filetypes import detect_kind
 from ragsvc.index_store import IndexStore
@@ -111,7 +112,10 @@ class DocumentService:
         """Rows (documents, chunks, jobs cascade), then the index folder and the stored files."""
         with self.sessions() as session:
             coll = self._collection(session, name, create=False)
-            doc_ids = list(session.scalars(select(Document.id).where(Document.collection_id == coll.id)))
+            # The collection row first: an upload's new document (its foreign key takes a share lock on
+            # it) waits, so the set of documents locked next is the set the cascade deletes.
+            session.scalar(select(Collection.id).where(Collection.id == coll.id).with_for_update())
+            doc_ids = lock_jobs_then_documents(session, Document.collection_id == coll.id)
             coll_id = coll.id
             session.delete(coll)
             session.commit()
@@ -222,6 +226,7 @@ class DocumentService:
         document gone when it tries to make it ready, and removes them itself (ingest/pipeline.py).
         """
         with self.sessions() as session:
+            lock_jobs_then_documents(session, Document.id == document_id)
             doc = session.get(Document, document_id, with_for_update=True)
             if doc is None:
                 raise NotFound(f"There is no document with id {document_id!r}.")

@@ -131,6 +131,44 @@ def test_a_reader_sees_a_new_segment_by_reading_only_it(tmp_path):
     assert read < (tmp_path / "c" / writer.segments("c")[0].name).stat().st_size / 10
 
 
+def test_small_segments_are_searched_as_one_tail_with_the_same_results(tmp_path):
+    """Document segments are folded into one flat index for searching (fewer FAISS calls per query);
+    results must equal exact search over the live vectors, through adds, deletes and a re-add, and
+    must follow each change in another reader."""
+    writer, reader = IndexStore(tmp_path, DIM), IndexStore(tmp_path, DIM)
+    big = unit(3000, seed=1)  # one segment past the tail's size limit: searched on its own
+    writer.add("c", list(range(3000)), big, fresh=True)
+    live = {i: big[i] for i in range(3000)}
+    docs = unit(12 * 40, seed=2)
+    for d in range(12):
+        ids = list(range(10_000 + d * 40, 10_000 + (d + 1) * 40))
+        writer.add("c", ids, docs[d * 40:(d + 1) * 40], fresh=True)
+        live.update(zip(ids, docs[d * 40:(d + 1) * 40]))
+    queries = unit(20, seed=3)
+
+    def assert_exact():
+        ids = np.array(sorted(live))
+        mat = np.stack([live[i] for i in ids])
+        for q in queries:
+            want = ids[np.argsort(-(mat @ q), kind="stable")[:10]]
+            got = [i for i, _ in reader.search("c", q, 10)]
+            assert got == want.tolist()
+
+    assert_exact()
+    snap = reader._snapshots["c"]
+    assert len(snap.segments) == 13 and len(snap.searched) == 2  # the big one, then the tail of 12
+    dead = list(range(10_000, 10_080)) + [10_200] + list(range(0, 3000, 7))
+    writer.remove("c", dead)
+    for i in dead:
+        live.pop(i)
+    assert_exact()
+    again = unit(1, seed=4)
+    writer.add("c", [10_200], again)  # a re-added id: its new vector counts, its old one never
+    live[10_200] = again[0]
+    assert_exact()
+    assert reader.search("c", again[0], 1)[0][0] == 10_200
+
+
 def test_a_torn_manifest_line_is_ignored_and_cut_by_the_next_writer(tmp_path):
     writer = IndexStore(tmp_path, DIM)
     vecs = unit(400)

@@ -293,3 +293,39 @@ def test_jobs_api_lists_each_jobs_history(tmp_path):
     [attempt] = job["history"]
     assert attempt["attempt"] == 1 and attempt["outcome"] == "done" and attempt["error"] is None
     assert attempt["worker"] and attempt["started_at"] <= attempt["ended_at"]
+
+
+@pytest.mark.parametrize("target", ["document", "collection"])
+def test_delete_while_a_worker_holds_its_job_waits_instead_of_deadlocking(tmp_path, target):
+    """A worker's fenced transaction locks its job row (the lease check) and then its document row; a
+    DELETE of the document or of its collection must take them in the same order. Taken the other way
+    round (document first, the job through ON DELETE CASCADE), PostgreSQL finds a deadlock and aborts one
+    side: the DELETE answered 500 in CI. Real PostgreSQL, real Worker lease."""
+    with new_pg_database() as url:
+        settings, engine, sessions, svc = queue(tmp_path, url)
+        doc = svc.create("locks", [Upload("a.txt", b"A heron stands in the reeds.")])[0]
+        svc.create("locks", [Upload("b.txt", b"A second document in the same collection.")])
+        worker = Worker(settings, sessions, pipeline=None)
+        lease, claimed, _rid = worker.claim()  # claimed: the document id
+        assert claimed is not None
+        errors: list[BaseException] = []
+
+        def delete() -> None:
+            try:
+                svc.delete(claimed) if target == "document" else svc.delete_collection("locks")
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        with sessions() as s:
+            lease.check(s)  # the worker's fence: holds the job row until commit
+            deleter = threading.Thread(target=delete)
+            deleter.start()
+            time.sleep(1.5)  # the DELETE is now waiting on a lock (PostgreSQL's deadlock_timeout is 1 s)
+            s.execute(update(Document).where(Document.id == claimed).values(stage="embedding"))
+            s.commit()  # a deadlock would have aborted this statement or the DELETE
+        deleter.join(60)
+        assert not deleter.is_alive() and errors == []
+        with sessions() as s:
+            assert s.get(Document, claimed) is None
+            assert (s.get(Document, doc["id"]) is None) == (target == "collection" or doc["id"] == claimed)
+        engine.dispose()
