@@ -452,9 +452,21 @@ class IndexStore:
 
     def _snapshot(self, collection_id: str) -> _Snapshot | None:
         folder = self._dir(collection_id)
-        if not (folder / MANIFEST).exists() and not (folder / LEGACY_FILE).exists():
-            self._snapshots.pop(collection_id, None)
-            return None
+        try:
+            st = os.stat(folder / MANIFEST)
+        except FileNotFoundError:
+            if not (folder / LEGACY_FILE).exists():
+                self._snapshots.pop(collection_id, None)
+                return None
+            return self._refresh(collection_id, wait=False)
+        current = self._snapshots.get(collection_id)
+        # Nothing appended and nothing renamed over the manifest: the snapshot is current, and a search
+        # costs this one stat (reading the manifest copies the tombstone map, which grows until the
+        # next compaction). A torn last line keeps size > offset and so takes the full path, which is
+        # correct, only slower, until the next writer cuts it.
+        if current is not None and current.manifest_ident == (st.st_ino, st.st_dev) \
+                and current.manifest_offset == st.st_size:
+            return current
         return self._refresh(collection_id, wait=False)
 
     def search(self, collection_id: str, query: np.ndarray, k: int) -> list[tuple[int, float]]:
