@@ -53,6 +53,7 @@ MERGE_FACTOR = 4  # segments of one size tier merged together: each vector is re
 TIER_BASE = 256  # vectors: segments below this are all tier 0
 TOMBSTONE_SHARE = 0.10  # a segment whose dead vectors pass this share is rewritten without them
 GARBAGE_AGE_S = 600.0  # an unreferenced segment file younger than this may belong to a running write
+FORGET_EVERY_S = 30.0  # how often a reader looks for collections another process dropped
 # Small exact segments (new documents, before compaction merges them) are searched as one in-memory
 # index. Each FAISS call and its merge cost Python time that a 200-vector segment does not repay: with
 # one IVF segment and four document segments at 100k, p50 search was ~8% slower than one file. The
@@ -204,6 +205,7 @@ class IndexStore:
         self._locks_lock = threading.Lock()  # guards the dict of locks only, never held while loading
         self.bytes_written = 0  # segment and manifest bytes this store wrote (benchmarks, tests)
         self.bytes_read = 0  # segment and manifest bytes this store read
+        self._forgotten_at = time.monotonic()
 
     # --- files ---------------------------------------------------------------------------------
     def _dir(self, collection_id: str) -> Path:
@@ -450,7 +452,19 @@ class IndexStore:
                 self._new_flat(ids, np.concatenate([p[1] for p in parts])), np.sort(ids))
         return rest + ((tail,) if tail is not None else ()), tail, key
 
+    def _forget_dropped(self) -> None:
+        """Free the snapshots of collections whose folder is gone: dropped through another process (an
+        API replica, a CLI), they are never searched here again, so nothing else would release them."""
+        self._forgotten_at = time.monotonic()
+        for collection_id in list(self._snapshots):
+            folder = self._dir(collection_id)
+            if not (folder / MANIFEST).exists() and not (folder / LEGACY_FILE).exists():
+                self._snapshots.pop(collection_id, None)
+                self._manifests.pop(collection_id, None)
+
     def _snapshot(self, collection_id: str) -> _Snapshot | None:
+        if time.monotonic() - self._forgotten_at > FORGET_EVERY_S:
+            self._forget_dropped()
         folder = self._dir(collection_id)
         try:
             st = os.stat(folder / MANIFEST)

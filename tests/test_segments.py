@@ -169,6 +169,18 @@ def test_small_segments_are_searched_as_one_tail_with_the_same_results(tmp_path)
     assert reader.search("c", again[0], 1)[0][0] == 10_200
 
 
+def test_a_reader_frees_a_collection_another_process_dropped(tmp_path):
+    writer, reader = IndexStore(tmp_path, DIM), IndexStore(tmp_path, DIM)
+    writer.add("gone", list(range(50)), unit(50), fresh=True)
+    writer.add("kept", list(range(50, 60)), unit(10, seed=5), fresh=True)
+    assert reader.search("gone", unit(1)[0], 3) and reader.memory_bytes("gone") > 0
+    writer.drop("gone")  # as another replica or the CLI would: this reader never searches "gone" again
+    reader._forgotten_at -= 3600  # the periodic look, due now
+    assert reader.search("kept", unit(1)[0], 3)
+    assert "gone" not in reader._snapshots and "gone" not in reader._manifests
+    assert "kept" in reader._snapshots
+
+
 def test_a_torn_manifest_line_is_ignored_and_cut_by_the_next_writer(tmp_path):
     writer = IndexStore(tmp_path, DIM)
     vecs = unit(400)
