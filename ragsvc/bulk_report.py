@@ -13,7 +13,7 @@ import time
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, Task, TextColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
@@ -82,7 +82,10 @@ class PlainProgress:
 
 class _RatesColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        return Text(rates(int(task.completed), task.fields.get("pages", 0), task.elapsed or 0.0))
+        done, elapsed = int(task.completed), task.elapsed or 0.0
+        # Our own ETA (rate since the start), not rich's windowed one: duplicates finish in one jump at
+        # upload and documents in bursts, which left rich's estimate at "-:--:--" for most of a run.
+        return Text(f"{rates(done, task.fields.get('pages', 0), elapsed)}  ETA {eta(done, int(task.total or 0), elapsed)}")
 
 
 class BarProgress:
@@ -90,7 +93,7 @@ class BarProgress:
 
     def __init__(self, console: Console) -> None:
         self.bar = RichProgress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
-                                _RatesColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+                                _RatesColumn(), console=console)
         self.task = None
 
     def start(self, total: int) -> None:
@@ -111,16 +114,23 @@ def make_progress(stream: TextIO) -> BarProgress | PlainProgress:
     return PlainProgress(stream)
 
 
-def summary_table(s: Summary, elapsed: float, collection: str) -> Table:
+class _PlainTable(Table):
+    """Cells as plain text: a file named ``notes[bold].txt`` or a reason quoting ``[1]`` is not rich markup."""
+
+    def add_row(self, *cells: str) -> None:  # type: ignore[override]
+        super().add_row(*(Text(c) for c in cells))
+
+
+def summary_table(s: Summary) -> Table:
     """Ready, duplicate, failed and refused, each file that failed or was refused with its reason."""
-    table = Table(title=f"ragsvc ingest: {s.files} files into collection {collection!r} in {elapsed:.1f} s",
-                  title_justify="left")
+    table = _PlainTable()
     table.add_column("Result")
     table.add_column("Files", justify="right")
     table.add_column("File", overflow="fold")
     table.add_column("Detail", overflow="fold")
-    ready = f"{s.new} new, {len(s.versions)} new versions"
-    table.add_row("ready", str(s.ready), "", ready + (f", {s.pages} pages" if s.pages else ""))
+    ready = [f"{s.new} new"] + ([f"{len(s.versions)} new version(s)"] if s.versions else []) + (
+        [f"{s.pages} pages"] if s.pages else [])
+    table.add_row("ready", str(s.ready), "", ", ".join(ready))
     for name, old in s.versions:
         table.add_row("", "", name, f"new version; replaces document {old}")
     table.add_row("duplicate", str(s.duplicate), "", "unchanged: the same bytes are already at that path"
@@ -133,7 +143,7 @@ def summary_table(s: Summary, elapsed: float, collection: str) -> Table:
     if s.skipped:
         kinds = ", ".join(f"{suffix} {n}" for suffix, n in sorted(s.skipped.items()))
         table.add_row("skipped", str(sum(s.skipped.values())), "",
-                      f"not sent, not a supported type: {kinds} (supported: {' '.join(sorted(SUFFIXES))})")
+                      f"not sent: {kinds} (ragsvc reads {' '.join(sorted(SUFFIXES))})")
     for i, path in enumerate(s.missing):
         table.add_row("not found" if i == 0 else "", str(len(s.missing)) if i == 0 else "", path,
                       "no such file or folder")
@@ -142,4 +152,6 @@ def summary_table(s: Summary, elapsed: float, collection: str) -> Table:
 
 def print_summary(s: Summary, elapsed: float, collection: str, stream: TextIO) -> None:
     console = Console(file=stream) if stream.isatty() else Console(file=stream, width=PIPE_WIDTH)
-    console.print(summary_table(s, elapsed, collection))
+    console.print(f"ragsvc ingest: {s.files} files into collection {collection!r} in {elapsed:.1f} s",
+                  highlight=False, markup=False)
+    console.print(summary_table(s))

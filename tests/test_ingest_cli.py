@@ -54,7 +54,7 @@ def test_a_mixed_folder_in_a_pipe(svc, tmp_path):
     first = _ingest(svc, folder, collection="mixed")
     assert first.returncode == 0, first.stdout + first.stderr
     table = parse(first.stdout)
-    assert table["ready"].count == 2 and table["ready"].rows == [("", "2 new, 0 new versions")], first.stdout
+    assert table["ready"].count == 2 and table["ready"].rows == [("", "2 new")], first.stdout
     assert "pages/s" not in first.stderr and "documents/s" in first.stderr and "ETA" in first.stderr
     assert "\r" not in first.stderr and "\x1b" not in first.stderr  # plain lines, no redraws, no colours
     assert first.stderr.splitlines()[-1].startswith("ingest: 2/2 documents"), first.stderr
@@ -72,7 +72,7 @@ def test_a_mixed_folder_in_a_pipe(svc, tmp_path):
     table = parse(second.stdout)
     pages = _pages(svc, "mixed")
     assert pages == len(FACT_PAGES)
-    assert table["ready"].count == 1 and table["ready"].rows == [("", f"1 new, 0 new versions, {pages} pages")]
+    assert table["ready"].count == 1 and table["ready"].rows == [("", f"1 new, {pages} pages")]
     assert table["duplicate"].count == 2
     assert table["failed"].count == 1 and table["failed"].rows[0][0] == str(folder / "guide" / "broken.pdf")
     assert "not a readable pdf" in table["failed"].rows[0][1].lower(), second.stdout
@@ -157,12 +157,12 @@ def test_the_table_lists_every_failure_and_refusal_with_its_reason():
 
     s = Summary(new=2, duplicate=1, pages=7, files=6, versions=[("docs/a.md", "doc-1")],
                 failed=[("x.pdf", "The PDF has no text layer (a scan?)"), ("y.pdf", "password protected")],
-                refused=[("z.txt", "The file is a PNG image, not text")])
+                refused=[("z[bold].txt", "The file is a PNG image, not text [1]")])
     out = io.StringIO()
-    Console(file=out, width=4096).print(summary_table(s, 1.5, "c"))
+    Console(file=out, width=4096).print(summary_table(s))
     table = parse(out.getvalue())
-    assert table["ready"].count == 3 and table["ready"].rows[0] == ("", "2 new, 1 new versions, 7 pages")
+    assert table["ready"].count == 3 and table["ready"].rows[0] == ("", "2 new, 1 new version(s), 7 pages")
     assert table["ready"].rows[1] == ("docs/a.md", "new version; replaces document doc-1")
     assert table["failed"].count == 2 and [r[0] for r in table["failed"].rows] == ["x.pdf", "y.pdf"]
-    assert table["refused"].rows == [("z.txt", "The file is a PNG image, not text")]
+    assert table["refused"].rows == [("z[bold].txt", "The file is a PNG image, not text [1]")]  # not markup
     assert "skipped" not in table and "not found" not in table
