@@ -19,17 +19,24 @@ EVIL = "<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>.tx
 
 
 @pytest.fixture(scope="module")
-def page(service, tmp_path_factory):
+def browser():
+    """One browser for the module: Playwright's sync API allows one running instance per thread."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`.ci/run` does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(service.url + "/")
-        yield pg
-        browser.close()
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(service, browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.goto(service.url + "/")
+    yield pg
+    pg.close()
 
 
 @pytest.mark.parametrize("service", ["sqlite"], indirect=True)
@@ -124,40 +131,35 @@ def documents_service(tmp_path_factory):
         stop_service(svc)
 
 
-def test_delete_buttons_stay_in_view_from_wide_screens_to_phones(documents_service):
-    from playwright.sync_api import expect, sync_playwright
+def test_delete_buttons_stay_in_view_from_wide_screens_to_phones(documents_service, browser):
+    from playwright.sync_api import expect
 
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`.ci/run` does)")
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    for width, height in WIDTHS:
+        page = browser.new_page(viewport={"width": width, "height": height})
         try:
-            for width, height in WIDTHS:
-                page = browser.new_page(viewport={"width": width, "height": height})
-                page.goto(documents_service.url + "/")
-                rows = page.locator("#docs tbody tr")
-                expect(rows).to_have_count(5, timeout=30_000)
-                expect(page.locator("#docs .reason")).to_contain_text("PDF")  # the failure's reason is shown
-                for path in LONG_PATHS:  # whole paths, not cut short
-                    expect(page.locator("#docs td.file", has_text=path)).to_have_count(1)
-                # Nothing scrolls sideways: the page is no wider than the window.
-                assert page.evaluate("document.documentElement.scrollWidth") <= width
-                buttons = page.locator("#docs button", has_text="Delete")
-                assert buttons.count() == 5
-                for i in range(5):
-                    button = buttons.nth(i)
-                    button.scroll_into_view_if_needed()
-                    box = button.bounding_box()
-                    assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (width, i, box)
-                    # Not covered or clipped: the point at its centre is the button itself.
-                    hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.textContent",
-                                        [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
-                    assert hit == "Delete", (width, i, hit)
-                if width in SCREENSHOTS:
-                    page.evaluate("window.scrollTo(0, 0)")
-                    page.screenshot(path=str(artifacts / f"web-layout-{width}.png"), full_page=True)
-                page.close()
+            page.goto(documents_service.url + "/")
+            rows = page.locator("#docs tbody tr")
+            expect(rows).to_have_count(5, timeout=30_000)
+            expect(page.locator("#docs .reason")).to_contain_text("PDF")  # the failure's reason is shown
+            for path in LONG_PATHS:  # whole paths, not cut short
+                expect(page.locator("#docs td.file", has_text=path)).to_have_count(1)
+            # Nothing scrolls sideways: the page is no wider than the window.
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            buttons = page.locator("#docs button", has_text="Delete")
+            assert buttons.count() == 5
+            for i in range(5):
+                button = buttons.nth(i)
+                button.scroll_into_view_if_needed()
+                box = button.bounding_box()
+                assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (width, i, box)
+                # Not covered or clipped: the point at its centre is the button itself.
+                hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.textContent",
+                                    [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+                assert hit == "Delete", (width, i, hit)
+            if width in SCREENSHOTS:
+                page.evaluate("window.scrollTo(0, 0)")
+                page.screenshot(path=str(artifacts / f"web-layout-{width}.png"), full_page=True)
         finally:
-            browser.close()
+            page.close()
