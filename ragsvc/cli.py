@@ -116,19 +116,21 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    """Upload files and folders to a running service and wait until each is ready or failed."""
+    """Upload files and folders to a running service, wait until each is ready or failed, print a table."""
     import time
 
-    from ragsvc.bulk import ingest, print_summary
+    from ragsvc.bulk import ingest
+    from ragsvc.bulk_report import make_progress, print_summary
 
-    started = time.time()
+    started = time.monotonic()
     try:
-        summary = ingest(args.url, args.paths, args.collection, api_key=args.api_key)
+        summary = ingest(args.url, args.paths, args.collection, api_key=args.api_key,
+                         progress=make_progress(sys.stderr))
     except httpx_errors() as exc:
         print(f"cannot reach ragsvc at {args.url}: {exc}; is `ragsvc serve` running?", file=sys.stderr)
         return 1
-    print_summary(summary, time.time() - started)
-    return 0 if not summary.failed and not summary.refused else 2
+    print_summary(summary, time.monotonic() - started, args.collection, sys.stdout)
+    return 0 if not summary.failed and not summary.refused and not summary.missing else 2
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:

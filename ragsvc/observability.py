@@ -71,8 +71,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class HttpClientInfoToDebug(logging.Filter):
+    """httpx logs every request it sends at INFO. `ragsvc ingest` polls each pending document every
+    second, and a remote vLLM backend tokenizes every prompt: at INFO those lines buried the progress
+    bar and the service's own logs. On the handler they become DEBUG and show only when DEBUG is asked for."""
+
+    PREFIXES = ("httpx", "httpcore")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.split(".", 1)[0] in self.PREFIXES:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup_logging(level: str, json_logs: bool) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(HttpClientInfoToDebug())
     handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests import ingest_table
 from tests.docmaker import FACT_PAGES, make_pdf, zip_bomb
 from tests.test_bad_input import assert_problem
 
@@ -153,12 +154,15 @@ def test_cli_ingest_walks_a_folder(service, tmp_path):
     out = subprocess.run([RAGSVC, "ingest", str(folder), "--collection", "cli", "--url", service.url],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr  # one file refused
-    assert "2 new, 0 new versions, 0 unchanged duplicates, 0 failed, 1 refused" in out.stdout, out.stdout
-    assert "c.txt" in out.stdout and "PNG" in out.stdout
-    assert "docs/s" in out.stderr and "pages/s" in out.stderr
+    table = ingest_table.parse(out.stdout)
+    assert table["ready"].count == 2 and table["failed"].count == 0, out.stdout
+    assert table["refused"].rows[0][0] == str(folder / "sub" / "c.txt") and "PNG" in table["refused"].rows[0][1]
+    assert table["skipped"].count == 1 and ".png 1" in table["skipped"].rows[0][1]  # reported, not sent
+    # Markdown and text have no pages: no pages/s beside them.
+    assert "documents/s" in out.stderr and "pages/s" not in out.stderr
     names = {d["filename"] for d in service.client.get("/v1/documents", params={"collection": "cli"}).json()["documents"]}
     assert names == {"a.md", "sub/b.txt"}  # paths relative to the folder given
     again = subprocess.run([RAGSVC, "ingest", str(folder / "a.md"), "--collection", "cli", "--url", service.url],
                            capture_output=True, text=True, timeout=300)
     # A file given alone goes by its base name: the same path as the folder's a.md, the same bytes.
-    assert again.returncode == 0 and "0 new, 0 new versions, 1 unchanged duplicates" in again.stdout
+    assert again.returncode == 0 and ingest_table.parse(again.stdout)["duplicate"].count == 1, again.stdout

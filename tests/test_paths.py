@@ -13,6 +13,7 @@ import pytest
 
 from ragsvc.errors import InvalidInput
 from ragsvc.paths import MAX_PATH_CHARS, MAX_SEGMENTS, normalise_path
+from tests import ingest_table
 from tests.conftest import RAGSVC, new_pg_database, start_service, stop_service
 from tests.test_bad_input import assert_problem
 
@@ -163,7 +164,9 @@ def test_a_tree_of_same_named_files_then_an_edited_copy(svc, tmp_path):
         (tree / rel).write_text(text)
     first = _ingest(svc, tree, collection="tree")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "6 new, 0 new versions, 0 unchanged duplicates, 0 failed, 0 refused" in first.stdout, first.stdout
+    table = ingest_table.parse(first.stdout)
+    assert table["ready"].count == 6 and table["ready"].rows == [("", "6 new")], first.stdout
+    assert (table["duplicate"].count, table["failed"].count, table["refused"].count) == (0, 0, 0), first.stdout
     before = _docs(svc, "tree")
     assert set(before) == set(TREE)  # every file is present under its path
     assert all(d["status"] == "ready" and d["filename"] == p and d["replaces"] is None for p, d in before.items())
@@ -171,14 +174,16 @@ def test_a_tree_of_same_named_files_then_an_edited_copy(svc, tmp_path):
     (tree / "guide/README.md").write_text(TREE["guide/README.md"] + "\nThe west pier is closed in winter.\n")
     second = _ingest(svc, tree, collection="tree")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "0 new, 1 new versions, 5 unchanged duplicates, 0 failed, 0 refused" in second.stdout, second.stdout
+    table = ingest_table.parse(second.stdout)
+    assert table["ready"].count == 1 and table["duplicate"].count == 5, second.stdout
+    assert (table["failed"].count, table["refused"].count) == (0, 0), second.stdout
     after = _docs(svc, "tree")
     assert set(after) == set(TREE)
     changed = [p for p in TREE if after[p]["id"] != before[p]["id"]]
     assert changed == ["guide/README.md"]  # exactly one new version, of the edited file
     assert after["guide/README.md"]["status"] == "ready"
-    assert f"new version: {tree / 'guide/README.md'} replaces document {before['guide/README.md']['id']}" \
-        in second.stdout, second.stdout
+    assert table["ready"].rows == [("", "0 new, 1 new version(s)"), (
+        str(tree / "guide/README.md"), f"new version; replaces document {before['guide/README.md']['id']}")]
     # The old version is gone once the new one is ready: its row and its stored file.
     assert_problem(svc.client.get(f"/v1/documents/{before['guide/README.md']['id']}"), 404)
     assert not (svc.tmp / "data" / "files" / before["guide/README.md"]["id"]).exists()
@@ -190,7 +195,9 @@ def test_folders_whose_paths_collide_are_refused_by_the_cli(svc, tmp_path):
         (tmp_path / folder / "README.md").write_text(f"# {folder}\n\nThe {folder} folder's note about eiders.\n")
     out = _ingest(svc, tmp_path / "one", tmp_path / "two", collection="collide")
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "1 new, 0 new versions, 0 unchanged duplicates, 0 failed, 1 refused" in out.stdout, out.stdout
+    table = ingest_table.parse(out.stdout)
+    assert table["ready"].count == 1 and table["refused"].count == 1 and table["failed"].count == 0, out.stdout
+    assert table["refused"].rows[0][0] == str(tmp_path / "two" / "README.md")
     assert "two/README.md" in out.stdout and "'README.md'" in out.stdout and "one/README.md" in out.stdout
     kept = _docs(svc, "collide")
     assert set(kept) == {"README.md"}  # the first folder's file, not replaced by the second's
@@ -264,8 +271,10 @@ def test_ingest_ends_when_a_document_it_waits_for_is_deleted(tmp_path):
             time.sleep(0.2)
         out, err = proc.communicate(timeout=120)  # before, it polled the 404 forever
         assert proc.returncode == 2, out + err
-        assert "0 new, 0 new versions, 0 unchanged duplicates, 1 failed, 0 refused" in out, out
-        assert "note.md: deleted while ingest waited" in out, out
+        table = ingest_table.parse(out)
+        assert table["ready"].count == 0 and table["failed"].count == 1 and table["refused"].count == 0, out
+        assert table["failed"].rows[0][0] == str(tmp_path / "note.md"), out
+        assert table["failed"].rows[0][1].startswith("deleted while ingest waited"), out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -73,7 +73,7 @@ function renderRow(doc) {
     rows.set(doc.id, tr);
     $("docs").tBodies[0].prepend(tr);
   }
-  const status = el("td", { class: `status-${doc.status}` });
+  const status = el("td", { class: `state status-${doc.status}` });
   status.append(el("span", { class: "status", text: doc.stage ? `${doc.status}: ${doc.stage}` : doc.status }));
   if (doc.status === "processing" && doc.progress != null) {
     status.append(" ", el("progress", { max: "1", value: String(doc.progress) }));
@@ -81,14 +81,15 @@ function renderRow(doc) {
   if (doc.status === "failed" && doc.error) status.append(el("span", { class: "reason", text: doc.error }));
   const del = el("button", { class: "small", text: "Delete", title: "Delete this document" });
   del.addEventListener("click", () => deleteDoc(doc));
+  // data-label names a number where the narrow layout (style.css) shows rows as cards without a header.
   tr.replaceChildren(
     el("td", { class: "file", text: doc.filename }),
     status,
-    el("td", { text: doc.pages ?? "" }),
-    el("td", { text: doc.chunks ?? "" }),
-    el("td", { text: fmtSize(doc.size_bytes) }),
-    el("td", { text: new Date(doc.created_at).toLocaleString() }),
-    el("td", {}, del),
+    el("td", { class: "meta", "data-label": doc.pages === 1 ? "page" : "pages", text: doc.pages ?? "" }),
+    el("td", { class: "meta", "data-label": doc.chunks === 1 ? "chunk" : "chunks", text: doc.chunks ?? "" }),
+    el("td", { class: "meta", text: fmtSize(doc.size_bytes) }),
+    el("td", { class: "meta", text: new Date(doc.created_at).toLocaleString() }),
+    el("td", { class: "actions" }, del),
   );
   if (doc.status === "queued" || doc.status === "processing") setTimeout(() => refreshDoc(doc.id), 1000);
 }
