@@ -48,6 +48,7 @@ PG_TABLE = "keyword_entries"
 
 # bm25s.tokenize's default pattern: runs of two or more word characters. Linear time (no nesting).
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
+HEX_ID = re.compile(r"[0-9a-fA-F]{1,64}")  # collection ids (uuid4().hex): a single FTS5 token
 # bm25s's English stopwords (bm25s.stopwords.STOPWORDS_EN), the list the bm25s index used.
 STOPWORDS = frozenset((
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not",
@@ -55,8 +56,12 @@ STOPWORDS = frozenset((
     "will", "with"))
 MAX_TERMS = 64  # a question's distinct terms searched; each one costs a posting-list scan
 MAX_QUERY_CHARS = 20_000  # longer input is cut before tokenising (the API already limits questions)
-POSTINGS_BUDGET = 20_000  # rows a query's terms may match before its commonest terms are pruned
+POSTINGS_BUDGET = 2_000  # rows a query's terms may match before its commonest terms are pruned
+RANK_CAP = 2_000  # rows ranked at most (binds only when even the rarest kept term matches more)
+PHRASE_FILTER_RATIO = 50  # collection doclist rows walked in place of one collection-column read
 PG_STATS_TTL_S = 60.0  # pg_stats changes only when (auto)ANALYZE runs
+DF_TTL_S = 60.0  # how long a common term's FTS5 row count is reused for pruning
+DF_CACHE_MAX = 200_000  # cached common-term counts before the cache starts over
 
 
 def prune(terms: list[str], df: dict[str, int], budget: int) -> list[str]:
@@ -132,26 +137,111 @@ def reindex_collection(session: Session, collection_id: str) -> int:
                               {"c": collection_id}))
 
 
-def _fts5_query(collection_id: str, terms: list[str]) -> str:
+def _fts5_query(terms: list[str], collection_id: str | None = None) -> str:
     # Double quotes make each term a plain string to FTS5 (NEAR, AND, *, ^, column names lose meaning);
     # a term holds only word characters, so it has no quote to escape. The collection id is hex.
     words = " OR ".join(f'"{t}"' for t in terms)
+    if collection_id is None:
+        return f"body : ({words})"
     return f'collection_id : "{collection_id}" AND body : ({words})'
 
 
 class KeywordStore:
     """Searches the keyword entries of one collection through the caller's database session."""
 
-    def __init__(self, postings_budget: int = POSTINGS_BUDGET) -> None:
+    def __init__(self, postings_budget: int = POSTINGS_BUDGET, rank_cap: int = RANK_CAP) -> None:
         self.postings_budget = postings_budget
-        self._pg_stats: tuple[float, dict[str, float], float] | None = None  # (read at, term freqs, rows)
+        self.rank_cap = rank_cap
+        # Per database URL: (read at, term freqs, rows) from pg_stats.
+        self._pg_stats: dict[str, tuple[float, dict[str, float], float]] = {}
+        # (database URL, term) -> (read at, df) of terms FTS5 counted above the budget (see _sqlite_df).
+        self._common: dict[tuple[str, str], tuple[float, int]] = {}
         self._lock = threading.Lock()
 
+    def _sqlite_vocab_df(self, session: Session, terms: list[str]) -> dict[str, int]:
+        """Exact row counts from fts5vocab, which counts a term by walking its whole doclist (~70 ms for
+        a term in all of 1M rows). Counts above the budget are kept for DF_TTL_S: they only choose which
+        common term to keep when a query has nothing rarer, where a minute-old count does as well."""
+        url, now, df = str(session.get_bind().url), time.monotonic(), {}
+        with self._lock:
+            for t in terms:
+                got = self._common.get((url, t))
+                if got is not None and now - got[0] <= DF_TTL_S:
+                    df[t] = got[1]
+        ask = [t for t in terms if t not in df]
+        if ask:
+            marks = ", ".join(f":t{i}" for i in range(len(ask)))
+            fresh = {term: int(doc) for term, doc in session.execute(
+                text(f"SELECT term, doc FROM {FTS_VOCAB} WHERE term IN ({marks})"),
+                {f"t{i}": t for i, t in enumerate(ask)})}
+            df |= fresh
+            with self._lock:
+                if len(self._common) > DF_CACHE_MAX:
+                    self._common.clear()
+                self._common.update({(url, t): (now, d) for t, d in fresh.items() if d > self.postings_budget})
+        return df
+
+    @staticmethod
+    def _fts5_counts(session: Session, terms: list[str], cap: int) -> dict[str, int]:
+        """min(rows holding the term, cap) for each term in the body column; absent terms left out. The
+        walk of each doclist stops at ``cap``, so the cost is bounded however common a term is."""
+        counts = " UNION ALL ".join(
+            f"SELECT {i}, (SELECT count(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q{i} "
+            "LIMIT :cap))" for i in range(len(terms)))
+        params: dict[str, object] = {f"q{i}": f'body : "{t}"' for i, t in enumerate(terms)} | {"cap": cap}
+        return {terms[i]: int(n) for i, n in session.execute(text(counts), params) if n}
+
     def _sqlite_df(self, session: Session, terms: list[str]) -> dict[str, int]:
-        marks = ", ".join(f":t{i}" for i in range(len(terms)))
-        rows = session.execute(text(f"SELECT term, doc FROM {FTS_VOCAB} WHERE term IN ({marks})"),
-                               {f"t{i}": t for i, t in enumerate(terms)})
-        return {term: int(doc) for term, doc in rows}
+        """Each term's number of rows, exact up to the budget: counting stops at budget + 1, so the cost is
+        bounded however common a term is. A term above the budget is pruned whenever a rarer one fits;
+        only when every term is above it are their exact counts read (fts5vocab, cached), to keep the
+        rarest. (Counting further through MATCH costs more per row than fts5vocab's walk: measured.)"""
+        cap = self.postings_budget + 1
+        df = self._fts5_counts(session, terms, cap)
+        if df and all(n >= cap for n in df.values()):
+            df |= self._sqlite_vocab_df(session, list(df))
+        return df
+
+    @staticmethod
+    def _only_collection(session: Session, collection_id: str) -> bool:
+        """Whether every document (hence every keyword entry) belongs to this collection: two index
+        look-ups, exact in the caller's transaction."""
+        lo, hi = session.execute(text("SELECT (SELECT min(collection_id) FROM documents), "
+                                      "(SELECT max(collection_id) FROM documents)")).one()
+        return lo == hi == collection_id
+
+    def _sqlite_search(self, session: Session, collection_id: str, terms: list[str],
+                       k: int) -> list[tuple[int, float]]:
+        df = self._sqlite_df(session, terms)
+        terms = [t for t in terms if df.get(t, 0) > 0]  # a term in no row matches nothing
+        if not terms:
+            return []
+        terms = prune(terms, df, self.postings_budget)
+        matched = min(sum(df[t] for t in terms), self.rank_cap)
+        # The collection filter, cheapest first (bench/keyword_search.py, docs/benchmarks.md):
+        # - none when the collection holds every row (one collection: the usual deployment);
+        # - the collection as a MATCH phrase when it is small next to the matches: bm25() then walks the
+        #   collection's doclist once for its IDF (~0.05 us a row; its size from the df cache);
+        # - else a read of each match's collection column (a content-row read, ~3 us a match).
+        where, coll = "", None
+        if not self._only_collection(session, collection_id):
+            coll_rows = None
+            if HEX_ID.fullmatch(collection_id):  # ids are uuid4().hex: one FTS5 token
+                coll_rows = self._sqlite_vocab_df(session, [collection_id.lower()]).get(collection_id.lower(), 0)
+                if coll_rows == 0:
+                    return []
+            if coll_rows is not None and coll_rows <= PHRASE_FILTER_RATIO * matched:
+                coll = collection_id
+            else:
+                where = " AND collection_id = :c"
+        # bm25() is lower for better matches; the collection column weighs nothing. The inner LIMIT binds
+        # only when even the rarest kept term holds more than rank_cap rows: then the newest rows are ranked.
+        rows = session.execute(text(
+            f"SELECT rowid, score FROM (SELECT rowid, -bm25({FTS_TABLE}, 0.0, 1.0) AS score FROM {FTS_TABLE} "
+            f"WHERE {FTS_TABLE} MATCH :q{where} ORDER BY rowid DESC LIMIT :cap) "
+            "ORDER BY score DESC, rowid LIMIT :k"),
+            {"q": _fts5_query(terms, coll), "c": collection_id, "cap": self.rank_cap, "k": k}).all()
+        return [(int(cid), float(score)) for cid, score in rows if score > 0]
 
     def _pg_df(self, session: Session, terms: list[str]) -> dict[str, int]:
         with self._lock:
@@ -185,20 +275,11 @@ class KeywordStore:
         terms = query_terms(query)
         if not terms or k <= 0:
             return []
-        sqlite = session.get_bind().dialect.name == "sqlite"
-        df: dict[str, int] = {}
-        if len(terms) > 1 or not sqlite:
-            df = self._sqlite_df(session, terms) if sqlite else self._pg_df(session, terms)
-            terms = prune(terms, df, self.postings_budget)
-        if sqlite:
-            # bm25() is lower for better matches; the collection column weighs nothing. (bm25() walks the
-            # collection term's postings once per query for its IDF: a cost linear in the collection,
-            # but a sequential one; docs/benchmarks.md.)
-            rows = session.execute(text(
-                f"SELECT rowid, -bm25({FTS_TABLE}, 0.0, 1.0) AS score FROM {FTS_TABLE} "
-                f"WHERE {FTS_TABLE} MATCH :q ORDER BY bm25({FTS_TABLE}, 0.0, 1.0) LIMIT :k"),
-                {"q": _fts5_query(collection_id, terms), "k": k}).all()
-        else:
+        if session.get_bind().dialect.name == "sqlite":
+            return self._sqlite_search(session, collection_id, terms, k)
+        df = self._pg_df(session, terms)
+        terms = prune(terms, df, self.postings_budget)
+        if True:
             # ts_rank has no IDF: each term's own ts_rank is weighted by its IDF, BM25's idea, so a rare
             # term outweighs a common one (recall on the eval set, docs/benchmarks.md). The terms are bound
             # parameters; websearch_to_tsquery never raises, and the words are joined by its "or".
