@@ -108,6 +108,7 @@ def recall(args: argparse.Namespace) -> dict:
     from ragsvc.evaluation import load_questions, normalize_ws
     from sqlalchemy import text
 
+    from bench.keyword_before import KeywordStoreBefore
     from ragsvc.keyword_index import POSTINGS_BUDGET, KeywordStore
 
     files = sorted((ROOT / "bench" / "eval").glob("*.jsonl"))
@@ -121,13 +122,16 @@ def recall(args: argparse.Namespace) -> dict:
 
     def score(tops: list[list[int]]) -> dict:
         hits = found = pieces = 0
+        missed = []
         for q, top in zip(questions, tops):
             got = [any(normalize_ws(e) in flat[i] for i in top) for e in q.evidence]
             hits += all(got)
             found += sum(got)
             pieces += len(got)
+            if not all(got):
+                missed.append(q.id)
         return {"recall_at_10": round(hits / len(questions), 4), "hits": hits,
-                "piece_recall": round(found / pieces, 4)}
+                "piece_recall": round(found / pieces, 4), "missed": missed}
 
     out = {"corpus": str(args.corpus), "question_files": [f.name for f in files], "chunks": len(chunks),
            "questions_with_evidence": len(questions), "engines": {}}
@@ -166,10 +170,12 @@ def recall(args: argparse.Namespace) -> dict:
                     if name == "postgresql":  # what autovacuum does: pg_stats feeds the pruning
                         s.execute(text("ANALYZE keyword_entries"))
                         s.commit()
-                    for budget in args.budgets:
-                        store = KeywordStore(postings_budget=budget)
+                    # Before: the previous commit's query path (bench/keyword_before.py); after: today's.
+                    stores = [(f"{name}_before", KeywordStoreBefore()), (name, KeywordStore())]
+                    stores += [(f"{name}_budget_{b}", KeywordStore(postings_budget=b, rank_cap=b))
+                               for b in args.budgets if b != POSTINGS_BUDGET]
+                    for label, store in stores:
                         tops = [[row_of[cid] for cid, _ in store.search(s, coll, q.question, K)] for q in questions]
-                        label = name if budget == POSTINGS_BUDGET else f"{name}_budget_{budget}"
                         out["engines"][label] = score(tops)
                         print(label, out["engines"][label], file=sys.stderr)
                 engine.dispose()
@@ -248,6 +254,7 @@ def cached_database(engine_name: str, args: argparse.Namespace, fill):
                     yield got
                 return
             coll = done[0]
+            upgrade(url)  # migrations added since the build (revision 0010: statistics target)
         else:
             upgrade(url)
             t0 = time.perf_counter()
@@ -399,8 +406,8 @@ def main() -> None:
     r = sub.add_parser("recall")
     r.add_argument("corpus", type=Path)
     r.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
-    r.add_argument("--budgets", nargs="+", type=int, default=[20_000],
-                   help="postings budgets to prune at (20000 = the default; a small one shows pruning's cost)")
+    r.add_argument("--budgets", nargs="+", type=int, default=[],
+                   help="more postings budgets (and rank caps) to prune at: a small one shows pruning's cost")
     r.add_argument("--key", default="recall", help="name of the result in the JSON file")
     s = sub.add_parser("scale")
     s.add_argument("--chunks", type=int, default=1_000_000)

@@ -99,6 +99,22 @@ def index_body(heading_path: str, body: str) -> str:
     return f"{heading_path}\n{body}"
 
 
+# PostgreSQL's parser keeps paths, URLs, e-mail addresses, host names, versions and decimals whole
+# ("/var/log/dpkg.log" is one lexeme) and drops what looks like a tag ("<package>"), where questions
+# (query_terms, like bm25s and FTS5's unicode61) see words: "dpkg", "log". These characters become spaces
+# before parsing, so both sides see the same words (migration 0010 rewrote older entries this way).
+PG_SPLIT_CHARS = "/.@<>_:\\"
+
+
+def pg_tsvector(sql_text: str) -> str:
+    """The SQL expression of a text's tsvector (for literal SQL; the characters hold no quote or colon
+    name a bind parameter could take)."""
+    return f"to_tsvector('simple', translate({sql_text}, '{PG_SPLIT_CHARS}', '{' ' * len(PG_SPLIT_CHARS)}'))"
+
+
+PG_CHUNK_TSVECTOR = pg_tsvector("heading_path || E'\\n' || text")  # see index_body
+
+
 def index_document(session: Session, document_id: str, collection_id: str) -> None:
     """Write the keyword entries of a document's chunks, in the caller's transaction (the one making it ready).
 
@@ -114,7 +130,7 @@ def index_document(session: Session, document_id: str, collection_id: str) -> No
     else:
         session.execute(text(
             f"INSERT INTO {PG_TABLE} (chunk_id, collection_id, tsv) "
-            "SELECT id, :c, to_tsvector('simple', heading_path || E'\\n' || text) FROM chunks WHERE document_id = :d "
+            f"SELECT id, :c, {PG_CHUNK_TSVECTOR} FROM chunks WHERE document_id = :d "
             "ON CONFLICT (chunk_id) DO UPDATE SET collection_id = EXCLUDED.collection_id, tsv = EXCLUDED.tsv"),
             params)
 
@@ -152,8 +168,8 @@ class KeywordStore:
     def __init__(self, postings_budget: int = POSTINGS_BUDGET, rank_cap: int = RANK_CAP) -> None:
         self.postings_budget = postings_budget
         self.rank_cap = rank_cap
-        # Per database URL: (read at, term freqs, rows) from pg_stats.
-        self._pg_stats: dict[str, tuple[float, dict[str, float], float]] = {}
+        # Per database URL: (read at, term -> share of rows, share of any other term, rows) from pg_stats.
+        self._pg_stats: dict[str, tuple[float, dict[str, float], float, float]] = {}
         # (database URL, term) -> (read at, df) of terms FTS5 counted above the budget (see _sqlite_df).
         self._common: dict[tuple[str, str], tuple[float, int]] = {}
         self._lock = threading.Lock()
@@ -243,9 +259,14 @@ class KeywordStore:
             {"q": _fts5_query(terms, coll), "c": collection_id, "cap": self.rank_cap, "k": k}).all()
         return [(int(cid), float(score)) for cid, score in rows if score > 0]
 
-    def _pg_df(self, session: Session, terms: list[str]) -> dict[str, int]:
+    def _pg_stats_of(self, session: Session) -> tuple[dict[str, float], float, float]:
+        """(term -> share of rows, share assumed for any other term, rows) from pg_stats, read at most
+        every PG_STATS_TTL_S. Migration 0010 raises the column's statistics target so ANALYZE keeps the
+        10,000 commonest terms; a term not among them is rarer than the least common one kept, and is
+        taken at half its share, as PostgreSQL's own planner does (tsquerysel)."""
+        url = str(session.get_bind().url)
         with self._lock:
-            stats = self._pg_stats
+            stats = self._pg_stats.get(url)
         if stats is None or time.monotonic() - stats[0] > PG_STATS_TTL_S:
             row = session.execute(text(
                 "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples "
@@ -253,22 +274,36 @@ class KeywordStore:
                 f"AND s.schemaname = current_schema() WHERE c.relname = '{PG_TABLE}' "
                 "AND c.relnamespace = current_schema()::regnamespace")).first()
             freqs: dict[str, float] = {}
+            other = 0.0
             if row is not None and row[0] is not None:
-                freqs = dict(zip(row[0], row[1]))  # the freqs array has 3 extra numbers at its end
-            stats = (time.monotonic(), freqs, float(row[2]) if row is not None else 0.0)
+                freqs = dict(zip(row[0], row[1]))  # the freqs array ends with the min and max freqs
+                other = row[1][len(row[0])] / 2 if len(row[1]) > len(row[0]) else 0.0
+            stats = (time.monotonic(), freqs, other, max(float(row[2]) if row is not None else 0.0, 0.0))
             with self._lock:
-                self._pg_stats = stats
-        _, freqs, rows = stats
-        return {t: int(freqs[t] * rows) for t in terms if t in freqs}
+                self._pg_stats[url] = stats
+        return stats[1], stats[2], stats[3]
 
-    def _pg_idf(self, terms: list[str], df: dict[str, int]) -> list[float]:
-        """BM25's IDF of each term from pg_stats (a term not among the most common counts as rare);
-        all 1.0 before the table was ever analysed."""
-        with self._lock:
-            rows = self._pg_stats[2] if self._pg_stats else 0.0
-        if rows <= 0:
-            return [1.0] * len(terms)
-        return [math.log(1.0 + (rows - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms]
+    def _pg_search(self, session: Session, collection_id: str, terms: list[str],
+                   k: int) -> list[tuple[int, float]]:
+        freqs, other, rows = self._pg_stats_of(session)
+        df = {t: int(freqs.get(t, other) * rows) for t in terms}
+        kept = prune(terms, df, self.postings_budget)
+        # ts_rank has no IDF: each term's own ts_rank is weighted by its BM25 IDF, so a rare term
+        # outweighs a common one (recall on the eval set, docs/benchmarks.md); all 1.0 before the table
+        # was ever analysed. The GIN index finds the rows of the kept terms; at most rank_cap of them are
+        # read and ranked (the LIMIT inside the subquery: the plan is a bitmap scan that stops there).
+        # The terms are bound parameters; websearch_to_tsquery never raises, its "or" joins the words.
+        params: dict[str, object] = {"q": " or ".join(kept), "c": collection_id, "k": k, "cap": self.rank_cap}
+        parts = []
+        for i, t in enumerate(kept):
+            params[f"t{i}"] = t
+            params[f"w{i}"] = math.log(1.0 + (rows - df[t] + 0.5) / (df[t] + 0.5)) if rows > 0 else 1.0
+            parts.append(f"ts_rank(tsv, websearch_to_tsquery('simple', :t{i})) * :w{i}")
+        found = session.execute(text(
+            f"SELECT chunk_id, {' + '.join(parts)} AS score FROM (SELECT chunk_id, tsv FROM {PG_TABLE} "
+            "WHERE collection_id = :c AND tsv @@ websearch_to_tsquery('simple', :q) LIMIT :cap) AS cand "
+            "ORDER BY score DESC, chunk_id LIMIT :k"), params).all()
+        return [(int(cid), float(score)) for cid, score in found if score > 0]
 
     def search(self, session: Session, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
         """Top-``k`` (chunk id, score > 0) pairs, best first. Only ready documents have entries."""
@@ -277,19 +312,4 @@ class KeywordStore:
             return []
         if session.get_bind().dialect.name == "sqlite":
             return self._sqlite_search(session, collection_id, terms, k)
-        df = self._pg_df(session, terms)
-        terms = prune(terms, df, self.postings_budget)
-        if True:
-            # ts_rank has no IDF: each term's own ts_rank is weighted by its IDF, BM25's idea, so a rare
-            # term outweighs a common one (recall on the eval set, docs/benchmarks.md). The terms are bound
-            # parameters; websearch_to_tsquery never raises, and the words are joined by its "or".
-            params: dict[str, object] = {"q": " or ".join(terms), "c": collection_id, "k": k}
-            parts = []
-            for i, (t, w) in enumerate(zip(terms, self._pg_idf(terms, df))):
-                params[f"t{i}"], params[f"w{i}"] = t, w
-                parts.append(f"ts_rank(tsv, websearch_to_tsquery('simple', :t{i})) * :w{i}")
-            rows = session.execute(text(
-                f"SELECT chunk_id, {' + '.join(parts)} AS score FROM {PG_TABLE}, "
-                "websearch_to_tsquery('simple', :q) AS q "
-                "WHERE collection_id = :c AND tsv @@ q ORDER BY score DESC, chunk_id LIMIT :k"), params).all()
-        return [(int(cid), float(score)) for cid, score in rows if score > 0]
+        return self._pg_search(session, collection_id, terms, k)
