@@ -351,14 +351,16 @@ def scale(args: argparse.Namespace) -> dict:
                 # Before (the query path of the previous commit, bench/keyword_before.py), after (today's),
                 # and the exact ranking (no pruning) on a share of the queries for overlap. Before and after
                 # alternate query by query, so load from other work hits both alike.
-                before, after = KeywordStoreBefore(), KeywordStore()
+                stores = [("before", KeywordStoreBefore()), ("after", KeywordStore())]
+                stores += [(f"after_budget_{b}_cap_{c}", KeywordStore(postings_budget=b, rank_cap=c))
+                           for b, c in (v.split(":") for v in args.variants) for b, c in [(int(b), int(c))]]
                 for q in queries[:5]:  # warm the caches
-                    before.search(s, coll, q, 25)
-                    after.search(s, coll, q, 25)
-                for label in ("before", "after"):
+                    for _, store in stores:
+                        store.search(s, coll, q, 25)
+                for label, _ in stores:
                     runs[label] = [[], []]
                 for q in queries:
-                    for label, store in (("before", before), ("after", after)):
+                    for label, store in stores:
                         t = time.perf_counter()
                         top = [c for c, _ in store.search(s, coll, q, 25)]
                         runs[label][0].append((time.perf_counter() - t) * 1000)
@@ -417,6 +419,8 @@ def main() -> None:
     s.add_argument("--doc-trials", type=int, default=5)
     s.add_argument("--exact-queries", type=int, default=100, help="queries also run exact (no pruning)")
     s.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
+    s.add_argument("--variants", nargs="*", default=[], metavar="BUDGET:CAP",
+                   help="also time today's query at these postings budgets and rank caps")
     s.add_argument("--cache", type=Path, default=Path("/tmp/ragsvc-kw-cache"),
                    help="folder for the cached SQLite file (a few GB at 1M chunks); PostgreSQL keeps a database")
     s.add_argument("--rebuild", action="store_true", help="build the cached databases afresh")

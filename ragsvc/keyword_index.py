@@ -3,10 +3,10 @@
 Entries live next to the rows they index, so they change in the same transactions as the rows:
 
 - SQLite: an FTS5 table ``keyword_fts(collection_id, body)`` whose rowid is the chunk id, ranked by FTS5's
-  ``bm25()``. The collection id is an indexed column, so the collection filter is part of the MATCH.
+  ``bm25()`` over the body column.
 - PostgreSQL: a table ``keyword_entries(chunk_id, collection_id, tsv)`` with a GIN index on ``tsv``
-  (``'simple'`` configuration: no stemming, like bm25s), ranked by the sum of each term's ``ts_rank``
-  weighted by its BM25 IDF (from ``pg_stats``, see below).
+  (``'simple'`` configuration: no stemming, like bm25s; paths, URLs and tags split into their words, see
+  :data:`PG_SPLIT_CHARS`), ranked by the sum of each term's ``ts_rank`` weighted by its BM25 IDF.
 
 :func:`index_document` inserts a document's entries inside the transaction that makes it ready
 (ingest/pipeline.py ``_make_ready``). Deleting chunk rows removes their entries in the same transaction:
@@ -19,15 +19,26 @@ English stopwords as bm25s, which ragsvc used before), at most :data:`MAX_TERMS`
 is passed as a quoted FTS5 string or a ``websearch_to_tsquery`` word joined by ``or``. Tokens are made of
 word characters only, so neither syntax can see an operator in them.
 
-Both engines score every row that holds any query term, and FTS5's ``bm25()`` even counts each term's
-whole posting list for its IDF. A question's common words ("who", "his", "film") hold a sizeable share of
-a large collection, so a query is *pruned*: its terms are taken rarest first while their document
-frequencies sum to at most ``postings_budget`` (the rarest is always kept), and the commoner rest is left
-out of matching and scoring. Those words carry the least IDF; below the budget (while the table holds
-up to ~``postings_budget`` chunks, all collections together) nothing is pruned and the ranking is exact.
-Document frequencies come from
-FTS5's ``fts5vocab`` table (exact) and PostgreSQL's ``pg_stats`` of the ``tsv`` column (estimates kept
-by ANALYZE; a term not among the most common is taken as rare). bench/keyword_search.py measures both.
+Both engines score every row that holds any query term, without dynamic pruning (no WAND/MaxScore), and
+FTS5's ``bm25()`` walks each query phrase's whole doclist for its IDF. A question's common words ("who",
+"film") hold a sizeable share of a large collection, so a query is *pruned* (issue 13: p99 <= 30 ms at
+1M chunks):
+
+- its terms are taken rarest first while their document frequencies sum to at most ``postings_budget``
+  (the rarest is always kept); the commoner rest, which carries the least IDF, neither matches nor
+  scores. Below the budget nothing is pruned and the ranking is exact;
+- at most ``rank_cap`` matching rows are ranked (this binds only when even the rarest term is common:
+  SQLite ranks the newest rows, PostgreSQL the first the bitmap scan reaches);
+- SQLite counts each term's rows by matching it with ``LIMIT budget + 1`` (exact up to the budget, the
+  cost bounded by it; fts5vocab would walk the whole doclist), and leaves out the collection filter when
+  the collection holds every document (else the collection is a MATCH phrase or a column check,
+  whichever reads less);
+- PostgreSQL reads the frequencies from ``pg_stats`` (ANALYZE's 10,000 commonest terms, migration 0010;
+  any other term at half the least common one's share, as its planner does), and ranks a ``LIMIT``-ed
+  subquery of the GIN matches.
+
+bench/keyword_search.py measures latency at 10k-1M chunks and recall on the eval set, against the
+previous query path (bench/keyword_before.py); docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations
