@@ -434,6 +434,10 @@ def main() -> None:
                "cpus": os.cpu_count()}
     merged = json.loads(args.out.read_text()) if args.out.exists() else {}
     key = args.key if args.what == "recall" else f"scale_{args.chunks}"
+    if args.what == "scale" and key in merged:  # a run of one engine keeps the other's last figures
+        for name, res in merged[key].get("engines", {}).items():
+            if name not in result["engines"]:
+                result["engines"][name] = res | {"date": merged[key].get("date")}
     merged[key] = result
     args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -70,6 +70,7 @@ MAX_QUERY_CHARS = 20_000  # longer input is cut before tokenising (the API alrea
 POSTINGS_BUDGET = 2_000  # rows a query's terms may match before its commonest terms are pruned
 RANK_CAP = 2_000  # rows ranked at most (binds only when even the rarest kept term matches more)
 PHRASE_FILTER_RATIO = 50  # collection doclist rows walked in place of one collection-column read
+PG_SCORED_PRUNED = 8  # pruned terms still scored on PostgreSQL's capped candidates
 PG_STATS_TTL_S = 60.0  # pg_stats changes only when (auto)ANALYZE runs
 DF_TTL_S = 60.0  # how long a common term's FTS5 row count is reused for pruning
 DF_CACHE_MAX = 200_000  # cached common-term counts before the cache starts over
@@ -179,6 +180,7 @@ class KeywordStore:
     def __init__(self, postings_budget: int = POSTINGS_BUDGET, rank_cap: int = RANK_CAP) -> None:
         self.postings_budget = postings_budget
         self.rank_cap = rank_cap
+        self.pg_scored_pruned = PG_SCORED_PRUNED
         # Per database URL: (read at, term -> share of rows, share of any other term, rows) from pg_stats.
         self._pg_stats: dict[str, tuple[float, dict[str, float], float, float]] = {}
         # (database URL, term) -> (read at, df) of terms FTS5 counted above the budget (see _sqlite_df).
@@ -303,10 +305,13 @@ class KeywordStore:
         # outweighs a common one (recall on the eval set, docs/benchmarks.md); all 1.0 before the table
         # was ever analysed. The GIN index finds the rows of the kept terms; at most rank_cap of them are
         # read and ranked (the LIMIT inside the subquery: the plan is a bitmap scan that stops there).
+        # Those few rows are ranked by the pruned terms too (up to PG_SCORED_PRUNED, rarest first): they
+        # no longer match, but among the rare terms' rows they still order them as the exact query would.
         # The terms are bound parameters; websearch_to_tsquery never raises, its "or" joins the words.
+        pruned = sorted((t for t in terms if t not in set(kept)), key=lambda t: df[t])[:self.pg_scored_pruned]
         params: dict[str, object] = {"q": " or ".join(kept), "c": collection_id, "k": k, "cap": self.rank_cap}
         parts = []
-        for i, t in enumerate(kept):
+        for i, t in enumerate(kept + pruned):
             params[f"t{i}"] = t
             params[f"w{i}"] = math.log(1.0 + (rows - df[t] + 0.5) / (df[t] + 0.5)) if rows > 0 else 1.0
             parts.append(f"ts_rank(tsv, websearch_to_tsquery('simple', :t{i})) * :w{i}")
