@@ -13,13 +13,19 @@ transaction that makes a document ready, ``KeywordStore.search``) on migrated da
    33 most frequent words are bm25s's English stopwords, so the commonest words behave as in English),
    in 200-chunk documents of one collection. Then the p50/p99 of ``KeywordStore.search`` (k=25, what
    retrieval asks for k=10) over question-like queries (3 stopwords + 5 content words drawn from the same
-   distribution), and the index work to add a 200-chunk document (``index_document``) and to delete it.
+   distribution): **before** (the previous query path, bench/keyword_before.py) and **after** (today's)
+   alternating query by query in one process on the same database, plus the exact ranking (no pruning)
+   on the first ``--exact-queries`` for the top-10 overlap; and the index work to add a 200-chunk
+   document (``index_document``) and to delete it. Recall (1.) also runs before and after.
 
-    .venv/bin/python bench/keyword_search.py recall CORPUS_DIR      # a folder of corpus files (wiki/ at least)
+    .venv/bin/python bench/keyword_search.py recall CORPUS_DIR      # bench/eval/corpus.py build CORPUS_DIR
     .venv/bin/python bench/keyword_search.py scale --chunks 1000000 [--engines sqlite postgresql]
 
-Results are merged into ``bench/results/keyword_search.json``. PostgreSQL: a fresh database is created
-at ``RAGSVC_TEST_PG`` (default ``postgresql://127.0.0.1:5432/test``) and dropped afterwards.
+The scale databases are built once and kept (``--cache``, default /tmp/ragsvc-kw-cache, for the SQLite
+file; a PostgreSQL database ``ragsvc_kwcache_<version>_<chunks>_<vocab>_<s>`` at ``RAGSVC_TEST_PG``,
+default ``postgresql://127.0.0.1:5432/test``), migrated to head on reuse; ``--rebuild`` starts over. The
+same seed draws the queries before the chunks, so a cached database sees the same queries. Results are
+merged into ``bench/results/keyword_search.json``; the recall databases are fresh and dropped afterwards.
 """
 
 from __future__ import annotations
