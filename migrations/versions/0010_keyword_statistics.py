@@ -30,7 +30,8 @@ OLD = "c.heading_path || E'\\n' || c.text"
 
 def _rewrite(expr: str) -> None:
     op.execute("DROP INDEX IF EXISTS ix_keyword_entries_tsv")
-    op.execute(f"UPDATE keyword_entries e SET tsv = to_tsvector('simple', {expr}) FROM chunks c WHERE c.id = e.chunk_id")
+    op.execute(f"UPDATE keyword_entries e SET tsv = to_tsvector('simple', {expr}) "
+               "FROM chunks c WHERE c.id = e.chunk_id")
     op.execute("CREATE INDEX ix_keyword_entries_tsv ON keyword_entries USING gin (tsv)")
 
 
