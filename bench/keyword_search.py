@@ -13,13 +13,19 @@ transaction that makes a document ready, ``KeywordStore.search``) on migrated da
    33 most frequent words are bm25s's English stopwords, so the commonest words behave as in English),
    in 200-chunk documents of one collection. Then the p50/p99 of ``KeywordStore.search`` (k=25, what
    retrieval asks for k=10) over question-like queries (3 stopwords + 5 content words drawn from the same
-   distribution), and the index work to add a 200-chunk document (``index_document``) and to delete it.
+   distribution): **before** (the previous query path, bench/keyword_before.py) and **after** (today's)
+   alternating query by query in one process on the same database, plus the exact ranking (no pruning)
+   on the first ``--exact-queries`` for the top-10 overlap; and the index work to add a 200-chunk
+   document (``index_document``) and to delete it. Recall (1.) also runs before and after.
 
-    .venv/bin/python bench/keyword_search.py recall CORPUS_DIR      # a folder of corpus files (wiki/ at least)
+    .venv/bin/python bench/keyword_search.py recall CORPUS_DIR      # bench/eval/corpus.py build CORPUS_DIR
     .venv/bin/python bench/keyword_search.py scale --chunks 1000000 [--engines sqlite postgresql]
 
-Results are merged into ``bench/results/keyword_search.json``. PostgreSQL: a fresh database is created
-at ``RAGSVC_TEST_PG`` (default ``postgresql://127.0.0.1:5432/test``) and dropped afterwards.
+The scale databases are built once and kept (``--cache``, default /tmp/ragsvc-kw-cache, for the SQLite
+file; a PostgreSQL database ``ragsvc_kwcache_<version>_<chunks>_<vocab>_<s>`` at ``RAGSVC_TEST_PG``,
+default ``postgresql://127.0.0.1:5432/test``), migrated to head on reuse; ``--rebuild`` starts over. The
+same seed draws the queries before the chunks, so a cached database sees the same queries. Results are
+merged into ``bench/results/keyword_search.json``; the recall databases are fresh and dropped afterwards.
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ def recall(args: argparse.Namespace) -> dict:
     from ragsvc.evaluation import load_questions, normalize_ws
     from sqlalchemy import text
 
+    from bench.keyword_before import KeywordStoreBefore
     from ragsvc.keyword_index import POSTINGS_BUDGET, KeywordStore
 
     files = sorted((ROOT / "bench" / "eval").glob("*.jsonl"))
@@ -121,13 +128,16 @@ def recall(args: argparse.Namespace) -> dict:
 
     def score(tops: list[list[int]]) -> dict:
         hits = found = pieces = 0
+        missed = []
         for q, top in zip(questions, tops):
             got = [any(normalize_ws(e) in flat[i] for i in top) for e in q.evidence]
             hits += all(got)
             found += sum(got)
             pieces += len(got)
+            if not all(got):
+                missed.append(q.id)
         return {"recall_at_10": round(hits / len(questions), 4), "hits": hits,
-                "piece_recall": round(found / pieces, 4)}
+                "piece_recall": round(found / pieces, 4), "missed": missed}
 
     out = {"corpus": str(args.corpus), "question_files": [f.name for f in files], "chunks": len(chunks),
            "questions_with_evidence": len(questions), "engines": {}}
@@ -166,10 +176,12 @@ def recall(args: argparse.Namespace) -> dict:
                     if name == "postgresql":  # what autovacuum does: pg_stats feeds the pruning
                         s.execute(text("ANALYZE keyword_entries"))
                         s.commit()
-                    for budget in args.budgets:
-                        store = KeywordStore(postings_budget=budget)
+                    # Before: the previous commit's query path (bench/keyword_before.py); after: today's.
+                    stores = [(f"{name}_before", KeywordStoreBefore()), (name, KeywordStore())]
+                    stores += [(f"{name}_budget_{b}", KeywordStore(postings_budget=b, rank_cap=b))
+                               for b in args.budgets if b != POSTINGS_BUDGET]
+                    for label, store in stores:
                         tops = [[row_of[cid] for cid, _ in store.search(s, coll, q.question, K)] for q in questions]
-                        label = name if budget == POSTINGS_BUDGET else f"{name}_budget_{budget}"
                         out["engines"][label] = score(tops)
                         print(label, out["engines"][label], file=sys.stderr)
                 engine.dispose()
@@ -199,10 +211,88 @@ def zipf_sampler(n_words: int, s: float, rng):
     return lambda size: np.minimum(np.searchsorted(cdf, rng.random(size)), n_words - 1)
 
 
+CACHE_VERSION = "v1"  # bump when index_document's format changes: cached databases are rebuilt
+
+
+@contextmanager
+def cached_database(engine_name: str, args: argparse.Namespace, fill):
+    """A migrated database holding the synthetic collection, built once by ``fill(session)`` (returns the
+    collection id) and kept under ``--cache`` (SQLite file) or as a PostgreSQL database named after the
+    parameters, so later runs measure queries without a 2-5 minute bulk load. Yields (url, collection id,
+    build seconds or None when reused)."""
+    from sqlalchemy import text
+
+    from ragsvc.db.migrate import upgrade
+    from ragsvc.db.session import make_engine, make_sessionmaker
+
+    tag = f"{CACHE_VERSION}_{args.chunks}_{args.vocab}_{str(args.zipf_s).replace('.', '')}"
+    if engine_name == "sqlite":
+        args.cache.mkdir(parents=True, exist_ok=True)
+        path = args.cache / f"kw_{tag}.db"
+        url, exists = f"sqlite:///{path}", path.exists()
+    else:
+        import psycopg
+
+        name = f"ragsvc_kwcache_{tag}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+            if exists and args.rebuild:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+                exists = False
+            if not exists:
+                admin.execute(f'CREATE DATABASE "{name}"')
+        url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    if engine_name == "sqlite" and exists and args.rebuild:
+        path.unlink()
+        exists = False
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    build_s = None
+    try:
+        if exists:
+            with sessions() as s:  # a build that did not finish left no marker: start over
+                done = s.execute(text("SELECT collection_id FROM bench_done")).first() \
+                    if _has_table(s, "bench_done") else None
+            if done is None:
+                engine.dispose()
+                args.rebuild = True
+                with cached_database(engine_name, args, fill) as got:
+                    yield got
+                return
+            coll = done[0]
+            upgrade(url)  # migrations added since the build (revision 0010: statistics target)
+        else:
+            upgrade(url)
+            t0 = time.perf_counter()
+            with sessions() as s:
+                coll = fill(s)
+                s.execute(text("CREATE TABLE bench_done (collection_id VARCHAR(32))"))
+                s.execute(text("INSERT INTO bench_done VALUES (:c)"), {"c": coll})
+                s.commit()
+            build_s = time.perf_counter() - t0
+        yield url, coll, build_s
+    finally:
+        engine.dispose()
+
+
+def _has_table(session, name: str) -> bool:
+    from sqlalchemy import inspect
+
+    return inspect(session.get_bind()).has_table(name)
+
+
+def percentiles(lat: list[float]) -> dict:
+    lat = sorted(lat)
+    return {"queries": len(lat), "search_ms_p50": round(statistics.median(lat), 2),
+            "search_ms_p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
+            "search_ms_max": round(lat[-1], 2)}
+
+
 def scale(args: argparse.Namespace) -> dict:
     import numpy as np
     from sqlalchemy import delete, text
 
+    from bench.keyword_before import KeywordStoreBefore
     from ragsvc.db import Document
     from ragsvc.db.session import make_engine, make_sessionmaker
     from ragsvc.keyword_index import KeywordStore
@@ -229,83 +319,92 @@ def scale(args: argparse.Namespace) -> dict:
                 got.append(str(words[r]))
         return got
 
+    # Drawn before the chunks, so a cached database and a fresh one see the same queries.
     queries = [" ".join(list(words[rng.integers(0, n_stop, 3)]) + content_words(5)) for _ in range(args.queries)]
+
+    def fill(s, name: str) -> str:
+        coll = new_collection(s)
+        s.commit()
+        if name == "postgresql":  # bulk load: build the GIN index once at the end
+            s.execute(text("DROP INDEX ix_keyword_entries_tsv"))
+            s.commit()
+        t0 = time.perf_counter()
+        for start in range(0, args.chunks, DOC_CHUNKS):
+            insert_document(s, coll, [("", t) for t in chunk_texts(min(DOC_CHUNKS, args.chunks - start))])
+            if (start // DOC_CHUNKS) % 50 == 49:
+                s.commit()
+                print(f"{name}: {start + DOC_CHUNKS} chunks, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        s.commit()
+        if name == "postgresql":
+            s.execute(text("CREATE INDEX ix_keyword_entries_tsv ON keyword_entries USING gin (tsv)"))
+            s.commit()
+        else:
+            s.execute(text("INSERT INTO keyword_fts(keyword_fts) VALUES ('optimize')"))
+            s.commit()
+        return coll
+
     results = {"chunks": args.chunks, "tokens_per_chunk": "80-120", "vocabulary": args.vocab,
                "zipf_s": args.zipf_s, "queries": args.queries, "k": 25, "engines": {}}
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        for name in args.engines:
-            with database(name, Path(tmp)) as url:
-                engine = make_engine(url)
-                sessions = make_sessionmaker(engine)
-                t0 = time.perf_counter()
-                with sessions() as s:
-                    coll = new_collection(s)
+    for name in args.engines:
+        with cached_database(name, args, lambda s, name=name: fill(s, name)) as (url, coll, build_s):
+            engine = make_engine(url)
+            sessions = make_sessionmaker(engine)
+            runs: dict[str, list] = {}
+            with sessions() as s:
+                if name == "postgresql":  # what autovacuum does: pg_stats feeds the pruning
+                    s.execute(text("ANALYZE keyword_entries"))
                     s.commit()
-                    if name == "postgresql":  # bulk load: build the GIN index once at the end
-                        s.execute(text("DROP INDEX ix_keyword_entries_tsv"))
-                        s.commit()
-                    for start in range(0, args.chunks, DOC_CHUNKS):
-                        insert_document(s, coll, [("", t) for t in chunk_texts(min(DOC_CHUNKS, args.chunks - start))])
-                        if (start // DOC_CHUNKS) % 50 == 49:
-                            s.commit()
-                            print(f"{name}: {start + DOC_CHUNKS} chunks, {time.perf_counter() - t0:.0f} s",
-                                  file=sys.stderr)
-                    s.commit()
-                    if name == "postgresql":
-                        s.execute(text("CREATE INDEX ix_keyword_entries_tsv ON keyword_entries USING gin (tsv)"))
-                        s.execute(text("ANALYZE keyword_entries"))
-                        s.commit()
-                    else:
-                        s.execute(text("INSERT INTO keyword_fts(keyword_fts) VALUES ('optimize')"))
-                        s.commit()
-                build_s = time.perf_counter() - t0
-                runs = {}
+                # Before (the query path of the previous commit, bench/keyword_before.py), after (today's),
+                # and the exact ranking (no pruning) on a share of the queries for overlap. Before and after
+                # alternate query by query, so load from other work hits both alike.
+                stores = [("before", KeywordStoreBefore()), ("after", KeywordStore())]
+                stores += [(f"after_budget_{b}_cap_{c}", KeywordStore(postings_budget=b, rank_cap=c))
+                           for b, c in (v.split(":") for v in args.variants) for b, c in [(int(b), int(c))]]
+                for q in queries[:5]:  # warm the caches
+                    for _, store in stores:
+                        store.search(s, coll, q, 25)
+                for label, _ in stores:
+                    runs[label] = [[], []]
+                for q in queries:
+                    for label, store in stores:
+                        t = time.perf_counter()
+                        top = [c for c, _ in store.search(s, coll, q, 25)]
+                        runs[label][0].append((time.perf_counter() - t) * 1000)
+                        runs[label][1].append(top)
+                exact = KeywordStoreBefore(postings_budget=10**15)
+                runs["exact"] = [[], []]
+                for q in queries[:args.exact_queries]:
+                    t = time.perf_counter()
+                    runs["exact"][1].append([c for c, _ in exact.search(s, coll, q, 25)])
+                    runs["exact"][0].append((time.perf_counter() - t) * 1000)
+            # Index work of one more 200-chunk document: insert rows + entries, then delete it (the
+            # entries go with the rows). Timed around the whole transaction, commit included.
+            add, rm = [], []
+            for _ in range(args.doc_trials):
+                texts = chunk_texts(DOC_CHUNKS)
                 with sessions() as s:
-                    if name == "postgresql":
-                        s.execute(text("ANALYZE keyword_entries"))
-                        s.commit()
-                    # The default (pruned) query, and the exact one (no budget) on a share of the queries.
-                    for label, store, qs in (("pruned", KeywordStore(), queries),
-                                             ("exact", KeywordStore(postings_budget=10**15),
-                                              queries[:args.exact_queries])):
-                        for q in qs[:5]:  # warm the cache
-                            store.search(s, coll, q, 25)
-                        lat, tops = [], []
-                        for q in qs:
-                            t = time.perf_counter()
-                            tops.append([c for c, _ in store.search(s, coll, q, 25)])
-                            lat.append((time.perf_counter() - t) * 1000)
-                        runs[label] = (sorted(lat), tops)
-                # Index work of one more 200-chunk document: insert rows + entries, then delete it (the
-                # entries go with the rows). Timed around the whole transaction, commit included.
-                add, rm = [], []
-                for _ in range(args.doc_trials):
-                    texts = chunk_texts(DOC_CHUNKS)
-                    with sessions() as s:
-                        t = time.perf_counter()
-                        doc_id = insert_document(s, coll, [("", x) for x in texts])
-                        s.commit()
-                        add.append(time.perf_counter() - t)
-                        t = time.perf_counter()
-                        s.execute(delete(Document).where(Document.id == doc_id))
-                        s.commit()
-                        rm.append(time.perf_counter() - t)
-                engine.dispose()
-            res = {"build_s": round(build_s, 1)}
-            for label, (lat, tops) in runs.items():
-                res[label] = {"queries": len(lat), "search_ms_p50": round(statistics.median(lat), 2),
-                              "search_ms_p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
-                              "search_ms_max": round(lat[-1], 2),
-                              "mean_hits": round(statistics.mean(len(t) for t in tops), 1)}
-            # How much pruning changes the answer: share of the exact top 10 that the pruned top 10 keeps.
-            exact_tops, pruned_tops = runs["exact"][1], runs["pruned"][1][:len(runs["exact"][1])]
-            res["pruned_top10_overlap_with_exact"] = round(statistics.mean(
-                len(set(a[:10]) & set(b[:10])) / max(1, min(10, len(b))) for a, b in zip(pruned_tops, exact_tops)), 4)
-            results["engines"][name] = res | {
-                "add_200_chunk_doc_s_median": round(statistics.median(add), 4),
-                "delete_200_chunk_doc_s_median": round(statistics.median(rm), 4),
-            }
-            print(name, results["engines"][name], file=sys.stderr)
+                    t = time.perf_counter()
+                    doc_id = insert_document(s, coll, [("", x) for x in texts])
+                    s.commit()
+                    add.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    s.execute(delete(Document).where(Document.id == doc_id))
+                    s.commit()
+                    rm.append(time.perf_counter() - t)
+            engine.dispose()
+        res: dict = {"build_s": round(build_s, 1) if build_s is not None else "cached"}
+        exact_tops = runs["exact"][1]
+        for label, (lat, tops) in runs.items():
+            res[label] = percentiles(lat) | {"mean_hits": round(statistics.mean(len(t) for t in tops), 1)}
+            if label != "exact":  # how much pruning changes the answer: share of the exact top 10 kept
+                res[label]["top10_overlap_with_exact"] = round(statistics.mean(
+                    len(set(a[:10]) & set(b[:10])) / max(1, min(10, len(b)))
+                    for a, b in zip(tops, exact_tops)), 4)
+        results["engines"][name] = res | {
+            "add_200_chunk_doc_s_median": round(statistics.median(add), 4),
+            "delete_200_chunk_doc_s_median": round(statistics.median(rm), 4),
+        }
+        print(name, json.dumps(results["engines"][name]), file=sys.stderr)
     return results
 
 
@@ -315,8 +414,8 @@ def main() -> None:
     r = sub.add_parser("recall")
     r.add_argument("corpus", type=Path)
     r.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
-    r.add_argument("--budgets", nargs="+", type=int, default=[20_000],
-                   help="postings budgets to prune at (20000 = the default; a small one shows pruning's cost)")
+    r.add_argument("--budgets", nargs="+", type=int, default=[],
+                   help="more postings budgets (and rank caps) to prune at: a small one shows pruning's cost")
     r.add_argument("--key", default="recall", help="name of the result in the JSON file")
     s = sub.add_parser("scale")
     s.add_argument("--chunks", type=int, default=1_000_000)
@@ -326,7 +425,11 @@ def main() -> None:
     s.add_argument("--doc-trials", type=int, default=5)
     s.add_argument("--exact-queries", type=int, default=100, help="queries also run exact (no pruning)")
     s.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
-    s.add_argument("--tmp", default=None, help="folder for the SQLite file (needs a few GB at 1M chunks)")
+    s.add_argument("--variants", nargs="*", default=[], metavar="BUDGET:CAP",
+                   help="also time today's query at these postings budgets and rank caps")
+    s.add_argument("--cache", type=Path, default=Path("/tmp/ragsvc-kw-cache"),
+                   help="folder for the cached SQLite file (a few GB at 1M chunks); PostgreSQL keeps a database")
+    s.add_argument("--rebuild", action="store_true", help="build the cached databases afresh")
     s.add_argument("--out", type=Path, default=OUT)
     r.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -337,6 +440,10 @@ def main() -> None:
                "cpus": os.cpu_count()}
     merged = json.loads(args.out.read_text()) if args.out.exists() else {}
     key = args.key if args.what == "recall" else f"scale_{args.chunks}"
+    if args.what == "scale" and key in merged:  # a run of one engine keeps the other's last figures
+        for name, res in merged[key].get("engines", {}).items():
+            if name not in result["engines"]:
+                result["engines"][name] = res | {"date": merged[key].get("date")}
     merged[key] = result
     args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print(json.dumps(result, indent=2))

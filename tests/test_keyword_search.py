@@ -233,3 +233,122 @@ def test_reindex_collection_rewrites_only_that_collections_entries(world):
         assert reindex_collection(s, w.coll("a")) == len(w.chunk_ids(a["id"]))
         s.commit()
     assert w.search("a", RARE) == before and [c for c, _ in w.search("b", RARE)] == sorted(w.chunk_ids(b["id"]))
+
+
+# --- the query path at scale: bounded term counts, capped ranking, literal operators (issue 13) ---------
+
+def test_prune_when_every_term_is_common_keeps_the_rarest():
+    df = {"film": 9_000, "who": 40_000, "directed": 5_000}
+    assert prune(["who", "directed", "film"], df, 2_000) == ["directed"]
+    assert prune([], df, 2_000) == []
+    assert prune(["alone"], {}, 0) == ["alone"]  # unknown counts are rare; one term is always kept
+
+
+def test_rare_terms_are_kept_and_common_ones_pruned_by_real_counts(world):
+    """The counts come from the engine (FTS5 matches counted up to the budget; pg_stats after ANALYZE):
+    a term in many rows is pruned past a small budget, and the rare term alone decides the ranking."""
+    w = world
+    common = [w.ingest("a", f"c{i}.txt", f"Harbour log {i}: the harbour master signs the log.") for i in range(6)]
+    rare = w.ingest("a", "rare.txt", f"The {RARE} buoy marks the harbour mouth.")
+    if w.engine.dialect.name == "postgresql":
+        with w.engine.begin() as c:
+            c.execute(text("ANALYZE keyword_entries"))
+    store = KeywordStore(postings_budget=3, rank_cap=3)
+    with w.sessions() as s:
+        hits = store.search(s, w.coll("a"), f"harbour log {RARE}", 10)
+        only_common = store.search(s, w.coll("a"), "harbour master log", 10)
+    assert [c for c, _ in hits] == sorted(w.chunk_ids(rare["id"]))
+    # Every term is common: the rarest is kept, and at most rank_cap rows holding it are ranked.
+    common_ids = set().union(*(w.chunk_ids(d["id"]) for d in common))
+    assert 0 < len(only_common) <= 3 and {c for c, _ in only_common} <= common_ids | w.chunk_ids(rare["id"])
+    # Under the default budget nothing is pruned: all seven documents hold "harbour".
+    assert len(w.search("a", f"harbour {RARE}")) == 7
+
+
+def test_terms_in_no_row_and_odd_input(world):
+    w = world
+    doc = w.ingest("a", "pump.txt", "The bilge pump needs a new gasket.")
+    ids = w.chunk_ids(doc["id"])
+    assert w.search("a", "zzzunknownzzz qqqabsentqqq") == []
+    assert {c for c, _ in w.search("a", "zzzunknownzzz pump")} == ids  # an absent term costs nothing
+    for q in ["", "   ", "?!", "a", "the of to", "\x00\x00", "_", "__ __", "🙂🙂"]:
+        assert w.search("a", q) == [], q
+    assert w.search("a", "pump", k=0) == []
+    with w.sessions() as s:
+        assert KS.search(s, "0" * 32, "pump", 10) == []  # a collection with no entries
+
+
+def test_operators_in_user_text_are_literal(world):
+    """Neither FTS5's nor tsquery's syntax is reachable: minus is no NOT, a star or :* no prefix, quotes no
+    phrase, "or"/"and"/"not" are plain (stop)words, a column name is a word."""
+    w = world
+    pump = w.ingest("a", "pump.txt", "The bilge pump sits aft.")
+    gasket = w.ingest("a", "gasket.txt", "A spare gasket sits aft.")
+    plural = w.ingest("a", "gaskets.txt", "Gaskets sit forward.")
+    both = w.chunk_ids(pump["id"]) | w.chunk_ids(gasket["id"])
+    assert {c for c, _ in w.search("a", "pump -gasket")} == both
+    assert {c for c, _ in w.search("a", "pump !gasket")} == both
+    assert {c for c, _ in w.search("a", "pump & !gasket")} == both
+    assert {c for c, _ in w.search("a", "pump NOT gasket")} == both
+    assert {c for c, _ in w.search("a", "gasket*")} == w.chunk_ids(gasket["id"])  # no prefix match
+    assert {c for c, _ in w.search("a", "gasket:*")} == w.chunk_ids(gasket["id"])
+    assert {c for c, _ in w.search("a", '"sits pump"')} == both  # no phrase: any order, either word
+    assert w.search("a", "body : collection_id") == []
+    assert {c for c, _ in w.search("a", "gaskets")} == w.chunk_ids(plural["id"])
+
+
+def test_paths_urls_and_tags_are_searched_by_their_words(world):
+    """PostgreSQL's parser keeps "/var/log/dpkg.log" or "www.debian.org" whole and drops "<package>";
+    entries are written so that a question's words find them, as on SQLite."""
+    w = world
+    doc = w.ingest("a", "dpkg.txt", "Add the line log /var/log/dpkg.log to /etc/dpkg/dpkg.cfg. "
+                                    "See www.debian.org or mail owner@bugs.example.org; run apt install <package>.")
+    w.ingest("a", "other.txt", "Nothing about packages here.")
+    ids = w.chunk_ids(doc["id"])
+    for q in ["dpkg log", "dpkg.cfg", "debian", "owner bugs", "package", "/var/log/dpkg.log"]:
+        assert {c for c, _ in w.search("a", q)} == ids, q
+
+
+def test_migration_0010_rewrites_older_entries(tmp_path, db_url):
+    """Entries written before revision 0010 held paths whole on PostgreSQL; after the upgrade their words
+    are found (SQLite found them all along)."""
+    upgrade(db_url, "0007")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO collections (id, name, created_at) VALUES ('c1', 'old', CURRENT_TIMESTAMP)"))
+            c.execute(text(
+                "INSERT INTO documents (id, collection_id, filename, kind, size_bytes, sha256, storage_path, "
+                "status, created_at, updated_at) VALUES ('d1', 'c1', 'f.txt', 'text', 1, 'x', 'p', 'ready', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            c.execute(text(
+                "INSERT INTO chunks (document_id, ordinal, text, heading_path, char_start, char_end, token_count, "
+                "content_hash) VALUES ('d1', 0, 'log /var/log/dpkg.log', '', 0, 1, 1, '')"))
+        upgrade(db_url, "0009")
+        pg = engine.dialect.name == "postgresql"
+        with make_sessionmaker(engine)() as s:
+            assert bool(KeywordStore().search(s, "c1", "dpkg", 10)) is not pg  # the old parse on PostgreSQL
+        upgrade(db_url)
+        with make_sessionmaker(engine)() as s:
+            chunk = s.scalar(text("SELECT id FROM chunks"))
+            assert [c for c, _ in KeywordStore().search(s, "c1", "dpkg", 10)] == [chunk]
+            if pg:
+                assert s.scalar(text("SELECT attstattarget FROM pg_attribute WHERE attrelid = "
+                                     "'keyword_entries'::regclass AND attname = 'tsv'")) == 1000
+    finally:
+        engine.dispose()
+
+
+def test_both_collection_filters_give_the_same_answer(world, monkeypatch):
+    """SQLite filters a collection sharing the table either inside MATCH (small collections) or by
+    reading each match's collection column; both return exactly that collection's rows."""
+    import ragsvc.keyword_index as ki
+
+    w = world
+    a = w.ingest("a", "a.txt", f"Locker one holds the {RARE} flare.")
+    b = w.ingest("b", "b.txt", f"Locker two holds the {RARE} flare and a {RARE} horn.")
+    answers = []
+    for ratio in (10**9, 0):  # every collection "small", then every collection "large"
+        monkeypatch.setattr(ki, "PHRASE_FILTER_RATIO", ratio)
+        answers.append(({c for c, _ in w.search("a", RARE)}, {c for c, _ in w.search("b", RARE)}))
+    assert answers[0] == answers[1] == (w.chunk_ids(a["id"]), w.chunk_ids(b["id"]))

@@ -133,6 +133,15 @@ def _keyword_tokens(text: str):
 CASES.append(("keyword query tokenisation", _keyword_tokens, lambda n: "a" * n + " b" * n, 20000))  # guard
 
 
+def _keyword_collection_id(text: str):
+    from ragsvc.keyword_index import HEX_ID
+
+    return HEX_ID.fullmatch(text)
+
+
+CASES.append(("keyword collection id check", _keyword_collection_id, lambda n: "a" * n + "!", 20000))  # guard
+
+
 @contextmanager
 def _time_limit(seconds: float, what: str):
     """The pattern engine checks for signals, so even a backtracking regex is interrupted here."""

@@ -42,7 +42,7 @@ def head_revision() -> str:
 
 def test_upgrade_on_empty_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    assert "revision 0009" in upgrade_via_cli(tmp_path, url)
+    assert "revision 0010" in upgrade_via_cli(tmp_path, url)
     assert_schema_matches_models(url)
     # Idempotent: a second upgrade changes nothing and succeeds.
     upgrade_via_cli(tmp_path, url)
@@ -50,7 +50,7 @@ def test_upgrade_on_empty_sqlite(tmp_path):
 
 def test_upgrade_on_postgresql(tmp_path):
     with new_pg_database() as url:
-        assert "revision 0009" in upgrade_via_cli(tmp_path, url)
+        assert "revision 0010" in upgrade_via_cli(tmp_path, url)
         assert_schema_matches_models(url)
 
 
