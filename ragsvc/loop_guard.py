@@ -14,8 +14,8 @@ Every sentence and n-gram is kept as a tuple of words in a set: each character c
 word O(``ngram``), so the whole stream is read in linear time, never rescanned.
 
 Where to cut: at the start of the repeated sentence; for an n-gram, at the start of the sentence its
-second occurrence lies in, or inside that sentence (at the second occurrence) when the loop began in
-the same sentence. What comes before the cut is kept; the repeat and everything after it is dropped.
+second occurrence lies in, or inside that sentence (after the last word before the second occurrence)
+when the loop began in the same sentence. What comes before the cut is kept; the repeat and everything after it is dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class LoopGuard:
     _word_start: int = -1
     _words: list[str] = field(default_factory=list, repr=False)
     _word_starts: list[int] = field(default_factory=list, repr=False)
+    _word_ends: list[int] = field(default_factory=list, repr=False)
+    _word_end: int = 0
     _word_sentence: list[int] = field(default_factory=list, repr=False)  # start of each word's sentence
     _sentence_first: int = 0  # index in _words of the current sentence's first word
     _sentence_start: int | None = None  # offset of the current sentence's first character
@@ -125,6 +127,7 @@ class LoopGuard:
             if not self._word:
                 self._word_start = at
             self._word.append(c.lower())
+            self._word_end = at + 1
             if len(self._word) >= self.max_word_chars:
                 self._end_word()
             return
@@ -150,6 +153,7 @@ class LoopGuard:
         word, self._word = "".join(self._word), []
         self._words.append(word)
         self._word_starts.append(self._word_start)
+        self._word_ends.append(self._word_end)
         start = self._sentence_start if self._sentence_start is not None else self._word_start
         self._word_sentence.append(start)
         n = self.ngram
@@ -160,7 +164,9 @@ class LoopGuard:
         second = len(self._words) - n
         if first != second:
             sentence = self._word_sentence[second]
-            self._stop(sentence if sentence > self._word_starts[first] else self._word_starts[second], "ngram")
+            # A loop that began in an earlier sentence: drop the sentence the repeat lies in. One that began in
+            # this sentence: keep the sentence up to the last whole word before the repeat.
+            self._stop(sentence if sentence > self._word_starts[first] else self._word_ends[second - 1], "ngram")
 
     def _end_sentence(self) -> None:
         words = tuple(self._words[self._sentence_first:])

@@ -33,10 +33,12 @@ from ragsvc.prompts import scaffold_texts
 
 # ``[^<>\n]{0,300}``: one bounded loop that stops at the next "<", so attempts never rescan each other.
 _PASSAGE_TAG = re.compile(r"<[ \t]{0,3}/?[ \t]{0,3}passage\b[^<>\n]{0,300}>", re.IGNORECASE)
-# A label counts at the start of a line or right after a sentence or marker ends ("...[1]? Answer briefly:").
-_LABEL = re.compile(r"(?:^|(?<=[.!?\]]))[ \t]*(question|answer(?:[ \t]+briefly)?|context|passages)[ \t]*:",
+# A label counts at the start of a line or right after a sentence, a marker, another label, a parenthesis or a
+# tag ends ("...[1]? Answer briefly:"); inside running text ("depends on the context: ...") it is words.
+_LABEL = re.compile(r"(?:^|(?<=[.!?:)>\]]))[ \t]*(question|answer(?:[ \t]+briefly)?|context|passages)[ \t]*:",
                     re.IGNORECASE | re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_LIST_ITEM_ONLY = re.compile(r"\d{1,3}[.)]|[-*\u2022]")  # a line left as "1." or "-" once its text was cut
 MIN_QUESTION_SKELETON = 12  # a shorter question ("apt?") may well be part of a real answer
 
 
@@ -100,7 +102,7 @@ def strip_scaffold(answer: str, question: str, labels: Iterable[str] = ()) -> tu
     if len(q) >= MIN_QUESTION_SKELETON:
         spans += [(a, _after_question(answer, b), "question") for a, b in _occurrences(skel, q)]
     for sentence in _prompt_sentences():
-        spans += [(a, b, "prompt text") for a, b in _occurrences(skel, sentence)]
+        spans += [(a, _after_question(answer, b), "prompt text") for a, b in _occurrences(skel, sentence)]
     if not spans:
         return answer, []
     return _remove(answer, spans)
@@ -117,9 +119,9 @@ def _occurrences(skel: _Skeleton, needle: str) -> list[tuple[int, int]]:
 
 
 def _after_question(text: str, end: int) -> int:
-    """Extend an echoed question over its question mark and the markers right after it."""
+    """Extend an echoed question or prompt sentence over its punctuation and the markers right after it."""
     while end < len(text):
-        if text[end] in " \t?":
+        if text[end] in " \t?.!:":
             end += 1
             continue
         m = MARKER.match(text, end)
@@ -201,8 +203,8 @@ def _remove(text: str, spans: list[tuple[int, int, str]]) -> tuple[str, list[Ech
     pieces.append(text[pos:])
     lines = []
     for line in "".join(pieces).split("\n"):
-        bare = MARKER.sub("", line)
-        if any(c.isalnum() for c in bare):
+        bare = MARKER.sub("", line).strip()
+        if any(c.isalnum() for c in bare) and not _LIST_ITEM_ONLY.fullmatch(bare):
             lines.append(line.rstrip())
         elif not line.strip() and lines and lines[-1]:
             lines.append("")  # keep one blank line between paragraphs, drop lines left with only ":" or "?"
