@@ -14,7 +14,7 @@ Per condition: the share of answers with a repeated sentence and with echoed sca
 here by simple, separate code, not by the modules under test), median answer length, engine time and
 completion tokens per answer, answer match and citation precision (``ragsvc.evaluation``'s metrics).
 
-    .venv/bin/python bench/answer_hygiene.py [--per-set 12] [--max-tokens 256] [--workdir /tmp/ragsvc-hygiene]
+    .venv/bin/python bench/answer_hygiene.py [--per-set 8] [--max-tokens 256] [--workdir /tmp/ragsvc-hygiene]
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def question_last(profile: str, mode: str, question: str, passages_block: str): 
 CONDITIONS = {
     "before": ({"answer_hygiene": False}, None),
     "after": ({}, None),
-    "after, repetition_penalty 1.1": ({"llm_repetition_penalty": 1.1}, None),
-    "after, frequency_penalty 0.5": ({"llm_frequency_penalty": 0.5}, None),
-    "after, question last without label": ({}, question_last),
+    "after+repetition_penalty=1.1": ({"llm_repetition_penalty": 1.1}, None),
+    "after+frequency_penalty=0.5": ({"llm_frequency_penalty": 0.5}, None),
+    "after+question_last": ({}, question_last),
 }
 
 
@@ -130,6 +130,7 @@ def summarize(rows: list[dict]) -> dict:
         "echoed_scaffolding": sum(bool(r["echo"]) for r in rows) / n,
         "finish_repetition": sum(r["finish_reason"] == "repetition" for r in rows) / n,
         "finish_length": sum(r["finish_reason"] == "length" for r in rows) / n,
+        "empty_answer": sum(not r["answer"].strip() for r in rows) / n,
         "median_answer_words": statistics.median(len(r["answer"].split()) for r in rows),
         "median_engine_ms": statistics.median(engine) if engine else None,
         "mean_engine_ms": statistics.fmean(engine) if engine else None,
@@ -177,7 +178,7 @@ async def run(settings: Settings, asker: AskService, slot: EngineSlot, questions
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--per-set", type=int, default=12, help="questions drawn (seeded) from each eval set")
+    ap.add_argument("--per-set", type=int, default=8, help="questions drawn (seeded) from each eval set")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--corpus", default="/tmp/eval-corpus")
