@@ -257,7 +257,8 @@ class AskService:
         raw = splitter.answer.strip()
         if guard:
             guard.close()
-            raw, _ = strip_scaffold(guard.text.strip(), question, [p.label for p in packed.passages])
+            raw, _ = await asyncio.to_thread(strip_scaffold, guard.text.strip(), question,
+                                             [p.label for p in packed.passages])
         # Reasoning never reaches citation parsing: only the answer text is checked.
         answer, sentences, dropped = await asyncio.to_thread(
             self.checker.check, raw, [p.text for p in packed.passages])
