@@ -10,7 +10,7 @@ checked:
 - a passage's source label in parentheses, or alone on a line;
 - ``Question:`` with what follows it: the question (verbatim, up to case, spacing, punctuation and
   markers) or, when the model made up another one, up to its question mark or the end of the line;
-- the labels ``Answer:``, ``Answer briefly:``, ``Context:``, ``Passages:`` (the text after them stays);
+- the labels ``Answer:``, ``Answer briefly:``, ``Context:``, ``Passage(s):`` (the text after them stays);
 - the question restated verbatim without a label, and any sentence of the prompt's fixed texts
   (rules, system prompt, instruction line).
 
@@ -35,7 +35,7 @@ from ragsvc.prompts import scaffold_texts
 _PASSAGE_TAG = re.compile(r"<[ \t]{0,3}/?[ \t]{0,3}passage\b[^<>\n]{0,300}>", re.IGNORECASE)
 # A label counts at the start of a line or right after a sentence, a marker, another label, a parenthesis or a
 # tag ends ("...[1]? Answer briefly:"); inside running text ("depends on the context: ...") it is words.
-_LABEL = re.compile(r"(?:^|(?<=[.!?:)>\]]))[ \t]*(question|answer(?:[ \t]+briefly)?|context|passages)[ \t]*:",
+_LABEL = re.compile(r"(?:^|(?<=[.!?:)>\]]))[ \t]*(question|answer(?:[ \t]+briefly)?|context|passages?)[ \t]*:",
                     re.IGNORECASE | re.MULTILINE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _LIST_ITEM_ONLY = re.compile(r"\d{1,3}[.)]|[-*\u2022]")  # a line left as "1." or "-" once its text was cut

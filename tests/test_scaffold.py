@@ -37,6 +37,7 @@ CASES = [
      "Tokyo Story is a 1953 Japanese drama film [1]."),
     (f"{LABEL}\nPinning keeps a version [1].", Q, "Pinning keeps a version [1]."),
     ("Context: pinning keeps a version [1].", Q, "pinning keeps a version [1]."),
+    ("Passage: 1\n\nPinning keeps a version [1].", Q, "1\n\nPinning keeps a version [1]."),
     # Only scaffolding: nothing is left.
     (f"Question: {Q}", Q, ""),
     # Not scaffolding: the words in running text, a restated (not copied) question, a short question.
