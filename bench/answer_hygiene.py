@@ -14,7 +14,7 @@ Per condition: the share of answers with a repeated sentence and with echoed sca
 here by simple, separate code, not by the modules under test), median answer length, engine time and
 completion tokens per answer, answer match and citation precision (``ragsvc.evaluation``'s metrics).
 
-    .venv/bin/python bench/answer_hygiene.py [--per-set 8] [--max-tokens 256] [--workdir /tmp/ragsvc-hygiene]
+    .venv/bin/python bench/answer_hygiene.py [--per-set 5] [--max-tokens 256] [--workdir /tmp/ragsvc-hygiene]
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ async def run(settings: Settings, asker: AskService, slot: EngineSlot, questions
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--per-set", type=int, default=8, help="questions drawn (seeded) from each eval set")
+    ap.add_argument("--per-set", type=int, default=5, help="questions drawn (seeded) from each eval set")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--corpus", default="/tmp/eval-corpus")
