@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Literal
 
@@ -22,12 +23,14 @@ from ragsvc.errors import InvalidInput, NotFound
 from ragsvc.generation import EngineSlot, Generator
 from ragsvc.index_store import IndexStore
 from ragsvc.keyword_index import KeywordStore
+from ragsvc.loop_guard import LoopGuard
 from ragsvc.multihop import follow_up_queries
 from ragsvc.observability import ANSWERS, MODE_CHOSEN, TOKENS
 from ragsvc.packing import Packed, pack
 from ragsvc.prompts import ModePlan, build_messages, format_passages, mode_plan, profile_for
 from ragsvc.retrieval import Passage, retrieve
 from ragsvc.router import Route, route
+from ragsvc.scaffold import strip_scaffold
 from ragsvc.settings import Settings
 from ragsvc.think import ThinkSplitter
 
@@ -136,6 +139,9 @@ class AskService:
 
     def _sampling(self, profile: str, mode: str, max_tokens: int | None, seed: int | None = None) -> ModePlan:
         plan = replace(mode_plan(profile, mode, self.settings.max_tokens_off, self.settings.max_tokens_on), seed=seed)
+        if profile != "nemotron":  # Nemotron's model card fixes its sampling; other models may get penalties
+            plan = replace(plan, repetition_penalty=self.settings.llm_repetition_penalty,
+                           frequency_penalty=self.settings.llm_frequency_penalty)
         if max_tokens:
             plan = replace(plan, max_tokens=min(plan.max_tokens, max_tokens))
         return plan
@@ -219,32 +225,49 @@ class AskService:
             return
         sampling = self._sampling(profile, decision.mode, req.max_tokens, req.seed)
         splitter = ThinkSplitter()
+        # The loop guard reads the answer as it streams; `answer` deltas already sent may hold the start
+        # of a repeat or echoed scaffolding: the `final` event's answer is the authoritative one.
+        guard = LoopGuard() if self.settings.answer_hygiene else None
         totals = None
         t_first = None
         t_engine = time.perf_counter()
-        async for delta, totals in generator.stream(plan.messages, plan.prefill, sampling):
-            answer_part, reasoning_part = splitter.feed(delta)
-            if (answer_part or reasoning_part) and t_first is None:
-                t_first = time.perf_counter()
-            if reasoning_part and req.include_reasoning:
-                yield "reasoning", {"delta": reasoning_part}
-            if answer_part:
-                yield "answer", {"delta": answer_part}
+        # aclosing: leaving the loop early (a repeat, a client gone) closes the stream now, which aborts
+        # the engine request instead of letting it run on to max_tokens.
+        async with aclosing(generator.stream(plan.messages, plan.prefill, sampling)) as stream:
+            async for delta, totals in stream:
+                answer_part, reasoning_part = splitter.feed(delta)
+                if (answer_part or reasoning_part) and t_first is None:
+                    t_first = time.perf_counter()
+                if reasoning_part and req.include_reasoning:
+                    yield "reasoning", {"delta": reasoning_part}
+                if answer_part and guard:
+                    answer_part = guard.feed(answer_part)
+                if answer_part:
+                    yield "answer", {"delta": answer_part}
+                if guard and guard.stopped:
+                    break
         tail_answer, tail_reasoning = splitter.close()
         if tail_reasoning and req.include_reasoning:
             yield "reasoning", {"delta": tail_reasoning}
+        if tail_answer and guard:
+            tail_answer = guard.feed(tail_answer)
         if tail_answer:
             yield "answer", {"delta": tail_answer}
         t_generated = time.perf_counter()
+        raw = splitter.answer.strip()
+        if guard:
+            guard.close()
+            raw, _ = await asyncio.to_thread(strip_scaffold, guard.text.strip(), question,
+                                             [p.label for p in packed.passages])
         # Reasoning never reaches citation parsing: only the answer text is checked.
         answer, sentences, dropped = await asyncio.to_thread(
-            self.checker.check, splitter.answer.strip(), [p.text for p in packed.passages])
+            self.checker.check, raw, [p.text for p in packed.passages])
         citations = self._citations(sentences, packed.passages)
         usage["completion_tokens"] = totals.completion_tokens if totals else 0
         usage["prompt_tokens"] = totals.prompt_tokens if totals else plan.prompt_tokens
         result = self._final(
             answer, decision, generator.model_name, citations, shown, dropped,
-            totals.finish_reason if totals else None, usage,
+            "repetition" if guard and guard.stopped else totals.finish_reason if totals else None, usage,
             {"retrieve_ms": _ms(t0, t_retrieved), "pack_ms": _ms(t_pack, t_engine),
              "engine_ms": _ms(t_engine, t_generated), "generate_ms": _ms(t_retrieved, t_generated),
              "first_token_ms": _ms(t0, t_first) if t_first else None, "total_ms": _ms(t0, time.perf_counter())},

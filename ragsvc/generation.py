@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Protocol
@@ -122,16 +123,20 @@ class VllmGenerator:
             temperature=plan.temperature, top_p=plan.top_p,
             max_tokens=min(plan.max_tokens, self.max_model_len - len(ids)),
             output_kind=RequestOutputKind.DELTA, seed=plan.seed,
+            repetition_penalty=plan.repetition_penalty, frequency_penalty=plan.frequency_penalty,
         )
         totals = Generation(prompt_tokens=len(ids))
         try:
-            async for out in self._engine.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
-                for comp in out.outputs:
-                    totals.completion_tokens += len(comp.token_ids)
-                    totals.text += comp.text
-                    totals.finish_reason = comp.finish_reason or totals.finish_reason
-                    if comp.text:
-                        yield comp.text, totals
+            # aclosing: when our caller closes this stream early (a loop cut, a client gone), vLLM's
+            # generator is closed at once, and it aborts the request in the engine.
+            async with aclosing(self._engine.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex)) as outs:
+                async for out in outs:
+                    for comp in out.outputs:
+                        totals.completion_tokens += len(comp.token_ids)
+                        totals.text += comp.text
+                        totals.finish_reason = comp.finish_reason or totals.finish_reason
+                        if comp.text:
+                            yield comp.text, totals
         except asyncio.CancelledError:
             raise
         except Exception as exc:

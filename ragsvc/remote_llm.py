@@ -78,6 +78,10 @@ class RemoteVllmGenerator:
                 "stream_options": {"include_usage": True}}
         if plan.seed is not None:
             body["seed"] = plan.seed
+        if plan.repetition_penalty != 1.0:  # vLLM's own extension of the OpenAI request
+            body["repetition_penalty"] = plan.repetition_penalty
+        if plan.frequency_penalty:
+            body["frequency_penalty"] = plan.frequency_penalty
         totals = Generation(prompt_tokens=len(ids))
         try:
             async with self._async.stream("POST", f"{self.v1}/completions", json=body) as resp:

@@ -216,6 +216,17 @@ class Settings(BaseSettings):
         True, description="Skip vLLM's CUDA-graph/torch.compile warm-up (starts in ~30 s instead of ~110 s on CPU)."
     )
     llm_gpu_memory_utilization: float = Field(0.85, description="Share of GPU memory vLLM may take (GPU only).")
+    answer_hygiene: bool = Field(
+        True, description="Stop an answer that starts repeating itself (`finish_reason: repetition`) and cut "
+        "echoed prompt scaffolding (the question, its labels, passage tags) from it; `false`: the model's raw text."
+    )
+    llm_repetition_penalty: float = Field(
+        1.0, description="vLLM `repetition_penalty` for prompt profiles other than `nemotron` (whose model card "
+        "fixes its sampling); 1.0: none."
+    )
+    llm_frequency_penalty: float = Field(
+        0.0, description="vLLM `frequency_penalty` for prompt profiles other than `nemotron`; 0.0: none."
+    )
     max_tokens_off: int = Field(512, description="Output token budget in reasoning-off mode.")
     max_tokens_on: int = Field(4096, description="Output token budget in reasoning-on mode.")
     cache_dir: Path = Field(

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from ingest import chunker, office, parsers
-from ragsvc import citations, evaluation, filetypes, multihop, prompts, router, think
+from ragsvc import citations, evaluation, filetypes, loop_guard, multihop, prompts, router, scaffold, think
 from ragsvc.errors import ParseError
 from tests.conftest import start_service, stop_service
 
@@ -51,6 +51,13 @@ _calls = itertools.count()
 def _parse_html_uncached(data: bytes) -> None:
     # unstructured caches its tokenizer's results per text: a new text each call, so the time is real.
     office.parse_html(data.replace(b"x</p>", b"x%d</p>" % next(_calls)))
+
+
+def _guard_in_deltas(text: str) -> None:
+    guard = loop_guard.LoopGuard()
+    for i in range(0, len(text), 5):
+        guard.feed(text[i:i + 5])
+    guard.close()
 
 
 # (name, routine, input of size n, n)
@@ -115,6 +122,28 @@ CASES = [
     ("answer normalisation", evaluation.normalize_answer, lambda n: "[1" + "; 1" * n + " x", 5000),  # guard
     ("think tags, open and close pairs", think.split_reasoning, lambda n: "<think></think>" * n, 20000),
     ("think tags, stray close tags", think.split_reasoning, lambda n: "</think>" * n, 3000),
+    # The answer stream's loop guard (per delta, so also fed in small pieces) and the scaffold stripper.
+    ("loop guard, all-new words", lambda t: loop_guard.drop_repeats(t),
+     lambda n: " ".join(f"w{i}" for i in range(n)), 5000),  # guard (new code)
+    ("loop guard, words fed as small deltas", _guard_in_deltas,
+     lambda n: " ".join(f"w{i}." for i in range(n)), 5000),  # guard (new code)
+    ("loop guard, runs of [", lambda t: loop_guard.drop_repeats(t), lambda n: "[" * n, 20000),  # guard (new code)
+    ("loop guard, unclosed marker lists", lambda t: loop_guard.drop_repeats(t),
+     lambda n: "[1" + ", 1" * n, 20000),  # guard (new code)
+    ("loop guard, terminators and newlines", lambda t: loop_guard.drop_repeats(t),
+     lambda n: ".\n? " * n, 20000),  # guard (new code)
+    ("scaffold, runs of Question: labels", lambda t: scaffold.strip_scaffold(t, "what is apt pinning for?"),
+     lambda n: "Question: " * n, 5000),  # guard (new code)
+    ("scaffold, runs of labels after colons", lambda t: scaffold.strip_scaffold(t, "what is apt pinning for?"),
+     lambda n: "x:" + " " * n + "Answer:" * n, 5000),  # guard (new code)
+    ("scaffold, unclosed source labels", lambda t: scaffold.strip_scaffold(t, "q", ["doc.txt, page 1"]),
+     lambda n: "(doc.txt " * n, 5000),  # guard (new code)
+    ("scaffold, unclosed passage tags", lambda t: scaffold.strip_scaffold(t, "q"),
+     lambda n: "<passage " * n, 5000),  # guard (new code)
+    ("scaffold, echoed question again and again", lambda t: scaffold.strip_scaffold(t, "what is apt pinning for?"),
+     lambda n: "What is apt pinning for [1]? " * n, 2000),  # guard (new code)
+    ("scaffold, near-misses of the question", lambda t: scaffold.strip_scaffold(t, "a" * 60 + "?"),
+     lambda n: ("a" * 59 + " ") * n, 500),  # guard (new code)
     ("passage tags, whitespace after <", lambda t: prompts.format_passages([(1, "doc", t)]),
      lambda n: "<" + " " * n + "x", 2000),
     ("passage tags, look-alikes with invisible runs", lambda t: prompts.format_passages([(1, "doc", t)]),

@@ -66,6 +66,14 @@ def sources_text(citations: list[dict]) -> str:
     return "\n\nSources:\n" + "\n".join(lines)
 
 
+def finish_reason(result: dict) -> str:
+    """OpenAI's ``stop`` / ``length``, and ragsvc's own ``repetition``: the answer began to repeat itself and
+    was cut there. A streamed answer's chunks may hold the start of that repeat; the last chunk's
+    ``ragsvc.answer`` is the authoritative text."""
+    reason = result.get("finish_reason")
+    return reason if reason in ("length", "repetition") else "stop"
+
+
 def _request(body: dict, principal: Principal) -> AskRequest:
     if not isinstance(body, dict):
         raise InvalidInput("The request body must be a JSON object.")
@@ -131,7 +139,7 @@ async def chat_completions(request: Request, asker: AskService, principal: Princ
         usage = result["usage"]
         return Response({
             "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
+            "choices": [{"index": 0, "finish_reason": finish_reason(result),
                          "message": {"role": "assistant",
                                      "content": result["answer"] + sources_text(result["citations"])}}],
             "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
@@ -159,7 +167,8 @@ async def _stream(asker: AskService, req: AskRequest, cid: str, created: int, mo
                 if not data["answered"]:
                     tail = data["answer"]  # nothing was streamed: the whole (no-)answer goes here
                 yield ServerSentEventMessage(data=_chunk(
-                    cid, created, model, {"content": tail}, "stop", citations=data["citations"], ragsvc=data))
+                    cid, created, model, {"content": tail}, finish_reason(data), citations=data["citations"],
+                    ragsvc=data))
     except RagsvcError as exc:
         yield ServerSentEventMessage(data=json.dumps({"error": {"message": exc.detail, "code": exc.status_code}}))
     yield ServerSentEventMessage(data="[DONE]")
