@@ -4,8 +4,8 @@
         bench/eval/debian.jsonl bench/eval/wiki.jsonl [--out bench/results/answerability_fit.json]
 
 For every question of the eval files it asks the running service for a dry run (``mode: off``, the
-service's own ``top_k``, ``include_retrieved``: retrieval only, no generation) and computes the signals
-exactly as the service does (``answerability.retrieval_signals`` on the ranked list). Each question goes
+service's own ``top_k``: retrieval only, no generation) and takes the signals the service computed
+(``answerability`` in the response; the weights in use do not change them). Each question goes
 to TRAIN or HELD-OUT by a hash of its id (half each, fixed: no choice by hand), the logistic weights
 are fitted by Newton's method on TRAIN (a small L2 penalty: few questions), and the threshold is the
 highest one that wrongly flags at most 5% of the answerable TRAIN questions. The held-out figures are
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from ragsvc import answerability  # noqa: E402
 from ragsvc.evaluation import KINDS_NO_ANSWER, HttpService, load_questions  # noqa: E402
 
-MAX_FALSE_FLAGS = 0.05  # goal: at most 5% of answerable questions called unanswered
 L2 = 0.1
+MAX_FALSE_FLAGS = 0.05  # goal: at most 5% of answerable questions called unanswered
 
 
 def split_of(qid: str) -> str:
@@ -77,13 +77,15 @@ def main() -> int:
     rows = []
     for q in questions:
         status, body = service.request("POST", "/v1/ask", {"question": q.question, "collection": args.collection,
-                                                           "mode": "off", "dry_run": True, "include_retrieved": True})
+                                                           "mode": "off", "dry_run": True})
         if status != 200:
             sys.exit(f"{q.id}: HTTP {status}: {body}")
-        ranked = body["retrieved"]
-        s = answerability.retrieval_signals(q.question, [p["dense_score"] for p in ranked], [p["text"] for p in ranked])
+        if "answerability" not in body:
+            sys.exit("the service's dry run has no \"answerability\": it is older than this script")
+        signals = body["answerability"]  # computed by the service itself, collection-wide lookups included
         rows.append({"id": q.id, "source": q.source, "split": split_of(q.id),
-                     "answerable": q.kind not in KINDS_NO_ANSWER, "features": s.vector(), "missing": list(s.missing)})
+                     "answerable": q.kind not in KINDS_NO_ANSWER,
+                     "features": [signals[f] for f in answerability.FEATURES], "missing": signals["missing"]})
     service.close()
 
     train = [r for r in rows if r["split"] == "train"]
@@ -95,12 +97,13 @@ def main() -> int:
         return float(1.0 / (1.0 + np.exp(-(w[0] + np.dot(w[1:], r["features"])))))
 
     # The highest threshold that keeps TRAIN false flags within the goal (flag when P(covered) < threshold).
+    # Not zero: one odd answerable question would then set it (a paraphrase sharing few words with its passage).
     answerable_p = sorted(prob(r) for r in train if r["answerable"])
     allowed = int(MAX_FALSE_FLAGS * len(answerable_p))  # how many answerable TRAIN questions may be flagged
     threshold = min(0.5, answerable_p[allowed]) if answerable_p else 0.5
     for r in rows:
         r["p_covered"] = round(prob(r), 4)
-        r["flagged_after"] = r["p_covered"] < threshold
+        r["flagged_after"] = prob(r) < threshold
         r["flagged_before"] = r["features"][0] < args.min_relevance
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "collection": args.collection,

@@ -7,8 +7,9 @@ answer's. What gives such questions away is that their *specific* words are nowh
 So the decision combines, in two stages:
 
 1. Before generation (no model call when it fails), a tiny logistic model over retrieval signals:
-   the best dense similarity, its margin over the second passage, and how many of the question's
-   content terms the top passages contain (together and the best single one). Its five numbers
+   the best dense similarity, its margin over the second passage, how many of the question's
+   content terms the top passages contain (together and the best single one), and how many the
+   whole collection never uses (one indexed keyword lookup per term). Its six numbers
    (:data:`WEIGHTS`) are fitted by ``bench/answerability_fit.py`` on a TRAIN split of the eval
    questions and reported on the held-out split (docs/benchmarks.md); they are not tuned by hand.
 2. After generation, two transparent rules: the model said itself that the documents do not answer
@@ -39,16 +40,18 @@ RELATED_COUNT = 3  # closest passages shown with a non-answer
 TOP_PASSAGES = 3  # passages whose words count for coverage: what the model would mostly read
 
 # Fitted by bench/answerability_fit.py (TRAIN split; see docs/benchmarks.md for the held-out figures).
-# Order: bias, best_dense, margin, coverage_top, coverage_best.
-FEATURES = ("best_dense", "margin", "coverage_top", "coverage_best")
-WEIGHTS = (-6.0, 4.0, 4.0, 3.0, 3.0)
+# Order: bias, then FEATURES.
+FEATURES = ("best_dense", "margin", "coverage_top", "coverage_best", "unknown")
+WEIGHTS = (-6.0, 4.0, 4.0, 3.0, 3.0, -4.0)
 THRESHOLD = 0.5  # P(covered) under this: not covered
 
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")  # one pass, no nesting: linear
 # Words every question uses that say what kind of answer is wanted, not what it is about.
 QUESTION_WORDS = frozenset(
     "which what how who whom whose when where why many much does did do can could would should get set "
-    "use used using make way default called name named kind type tell find give want need year long".split()
+    "use used using make way default called name named kind type tell find give want need year long "
+    # Filler verbs and quantifiers: they say little about what the passage must hold.
+    "every one see out up got came go let lets put show while another ever still".split()
 )
 
 
@@ -77,24 +80,29 @@ class RetrievalSignals:
     margin: float
     coverage_top: float  # share of question terms found in the top passages together
     coverage_best: float  # the largest share found in any one of them
+    unknown: float  # share of question terms that no passage of the whole collection uses
     missing: tuple[str, ...]  # question terms none of the top passages holds (for the reader of the JSON)
 
     def vector(self) -> list[float]:
-        return [self.best_dense, self.margin, self.coverage_top, self.coverage_best]
+        return [self.best_dense, self.margin, self.coverage_top, self.coverage_best, self.unknown]
 
 
-def retrieval_signals(question: str, dense_scores: Sequence[float | None], texts: Sequence[str]) -> RetrievalSignals:
+def retrieval_signals(question: str, dense_scores: Sequence[float | None], texts: Sequence[str],
+                      known: set[str] | None = None) -> RetrievalSignals:
+    """``known``: the question terms the collection uses anywhere (``KeywordStore.present``); None when
+    there is no keyword index, and then ``unknown`` is 0."""
     dense = sorted((s or 0.0 for s in dense_scores), reverse=True)
     best = dense[0] if dense else 0.0
     margin = best - dense[1] if len(dense) > 1 else best
     wanted = question_terms(question)
     top = [terms(t) for t in texts[:TOP_PASSAGES]]
     if not wanted:  # a question of stopwords only: coverage says nothing either way
-        return RetrievalSignals(best, margin, 1.0, 1.0, ())
+        return RetrievalSignals(best, margin, 1.0, 1.0, 0.0, ())
     union = set().union(*top) if top else set()
     found = wanted & union
     best_one = max((len(wanted & t) for t in top), default=0)
-    return RetrievalSignals(best, margin, len(found) / len(wanted), best_one / len(wanted),
+    unknown = 0.0 if known is None else len(wanted - known - found) / len(wanted)
+    return RetrievalSignals(best, margin, len(found) / len(wanted), best_one / len(wanted), unknown,
                             tuple(sorted(wanted - found)))
 
 
@@ -166,9 +174,10 @@ class Verdict:
         return out
 
 
-def before_generation(question: str, dense_scores: Sequence[float | None], texts: Sequence[str]) -> Verdict:
+def before_generation(question: str, dense_scores: Sequence[float | None], texts: Sequence[str],
+                      known: set[str] | None = None) -> Verdict:
     """Stage 1: retrieval signals only; a non-answer here costs no model call."""
-    signals = retrieval_signals(question, dense_scores, texts)
+    signals = retrieval_signals(question, dense_scores, texts, known)
     p = covered_probability(signals)
     return Verdict(p >= THRESHOLD, None if p >= THRESHOLD else NOT_COVERED, p, signals)
 

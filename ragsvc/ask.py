@@ -125,6 +125,15 @@ class AskService:
                     merged.append(p)
         return merged, queries
 
+    def _answerability(self, req: AskRequest, question: str, passages: list[Passage]) -> answerability.Verdict:
+        known = None
+        if self.keywords is not None and passages:
+            with self.sessions() as session:
+                known = self.keywords.present(session, self._collection_id(session, req.collection),
+                                              sorted(answerability.question_terms(question)))
+        return answerability.before_generation(question, [p.dense_score for p in passages],
+                                               [p.text for p in passages], known)
+
     # --- planning ------------------------------------------------------------------------------
     def _route(self, req: AskRequest, question: str, passages: list[Passage]) -> Route:
         if req.mode in ("on", "off"):
@@ -191,8 +200,7 @@ class AskService:
             if req.include_retrieved else {}
         best = max((p.dense_score or 0.0 for p in passages), default=0.0)
         # Near-topic questions the passages do not answer pass min_relevance: answerability.py decides.
-        verdict = await asyncio.to_thread(answerability.before_generation, question,
-                                          [p.dense_score for p in passages], [p.text for p in passages])
+        verdict = await asyncio.to_thread(self._answerability, req, question, passages)
         if not passages or best < self.settings.min_relevance or not verdict.answered:
             # Nothing that answers: say so without spending a model call.
             off_topic = not passages or best < self.settings.min_relevance

@@ -31,6 +31,13 @@ def test_coverage_counts_the_question_terms_the_top_passages_hold():
     assert s.coverage_best == pytest.approx(3 / 6)  # the ports passage alone: tcp, port, listen
 
 
+def test_terms_the_collection_never_uses_are_counted_apart():
+    q = "Which TCP port does the Prometheus node exporter listen on by default?"
+    s = a.retrieval_signals(q, [0.6], [PORTS], known={"tcp", "port", "listen", "node"})
+    assert s.unknown == pytest.approx(2 / 6)  # prometheus, exporter: nowhere in the collection
+    assert a.retrieval_signals(q, [0.6], [PORTS]).unknown == 0.0  # no keyword index: no evidence either way
+
+
 def test_only_the_top_passages_count_for_coverage():
     later = ["filler"] * a.TOP_PASSAGES + ["prometheus exporter"]
     s = a.retrieval_signals("prometheus exporter", [0.5] * len(later), later)
@@ -44,10 +51,10 @@ def test_no_passages_and_stopword_questions_do_not_crash():
 
 
 def test_probability_rises_with_every_signal():
-    base = a.RetrievalSignals(0.5, 0.05, 0.5, 0.5, ())
+    base = a.RetrievalSignals(0.5, 0.05, 0.5, 0.5, 0.2, ())
     p = a.covered_probability(base)
-    for better in (a.RetrievalSignals(0.7, 0.05, 0.5, 0.5, ()), a.RetrievalSignals(0.5, 0.05, 1.0, 0.5, ()),
-                   a.RetrievalSignals(0.5, 0.05, 0.5, 1.0, ())):
+    for better in (a.RetrievalSignals(0.7, 0.05, 0.5, 0.5, 0.2, ()), a.RetrievalSignals(0.5, 0.05, 1.0, 0.5, 0.2, ()),
+                   a.RetrievalSignals(0.5, 0.05, 0.5, 1.0, 0.2, ()), a.RetrievalSignals(0.5, 0.05, 0.5, 0.5, 0.0, ())):
         assert a.covered_probability(better) > p
 
 
