@@ -42,8 +42,8 @@ TOP_PASSAGES = 3  # passages whose words count for coverage: what the model woul
 # Fitted by bench/answerability_fit.py (TRAIN split; see docs/benchmarks.md for the held-out figures).
 # Order: bias, then FEATURES.
 FEATURES = ("best_dense", "margin", "coverage_top", "coverage_best", "unknown")
-WEIGHTS = (-6.0, 4.0, 4.0, 3.0, 3.0, -4.0)
-THRESHOLD = 0.5  # P(covered) under this: not covered
+WEIGHTS = (-5.008, 4.610, -3.698, 2.217, 2.879, -1.622)
+THRESHOLD = 0.365  # P(covered) under this: not covered
 
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")  # one pass, no nesting: linear
 # Words every question uses that say what kind of answer is wanted, not what it is about.
