@@ -7,7 +7,7 @@ answer's. What gives such questions away is that their *specific* words are nowh
 So the decision combines, in two stages:
 
 1. Before generation (no model call when it fails), a tiny logistic model over retrieval signals:
-   the best dense similarity, its margin over the second passage, how many of the question's
+   the best dense similarity, how many of the question's
    content terms the top passages contain (together and the best single one), and how many the
    whole collection never uses (one indexed keyword lookup per term). Its six numbers
    (:data:`WEIGHTS`) are fitted by ``bench/answerability_fit.py`` on a TRAIN split of the eval
@@ -41,8 +41,10 @@ TOP_PASSAGES = 3  # passages whose words count for coverage: what the model woul
 
 # Fitted by bench/answerability_fit.py (TRAIN split; see docs/benchmarks.md for the held-out figures).
 # Order: bias, then FEATURES.
-FEATURES = ("best_dense", "margin", "coverage_top", "coverage_best", "unknown")
-WEIGHTS = (-5.008, 4.610, -3.698, 2.217, 2.879, -1.622)
+# The margin of the best passage over the second is reported but not used: it measures how the collection
+# is cut into documents (one article per subject gives large margins) more than whether it answers.
+FEATURES = ("best_dense", "coverage_top", "coverage_best", "unknown")
+WEIGHTS = (-5.0, 4.6, 2.2, 2.9, -1.6)
 THRESHOLD = 0.365  # P(covered) under this: not covered
 
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")  # one pass, no nesting: linear
@@ -51,7 +53,9 @@ QUESTION_WORDS = frozenset(
     "which what how who whom whose when where why many much does did do can could would should get set "
     "use used using make way default called name named kind type tell find give want need year long "
     # Filler verbs and quantifiers: they say little about what the passage must hold.
-    "every one see out up got came go let lets put show while another ever still".split()
+    "every one see out up got came go let lets put show while another ever still "
+    # The attribute asked for: a passage gives its value ("painted orange", "$850"), rarely the word.
+    "color colour size length height width weight age date time number amount price cost distance speed".split()
 )
 
 
@@ -84,7 +88,7 @@ class RetrievalSignals:
     missing: tuple[str, ...]  # question terms none of the top passages holds (for the reader of the JSON)
 
     def vector(self) -> list[float]:
-        return [self.best_dense, self.margin, self.coverage_top, self.coverage_best, self.unknown]
+        return [self.best_dense, self.coverage_top, self.coverage_best, self.unknown]
 
 
 def retrieval_signals(question: str, dense_scores: Sequence[float | None], texts: Sequence[str],
@@ -93,7 +97,7 @@ def retrieval_signals(question: str, dense_scores: Sequence[float | None], texts
     there is no keyword index, and then ``unknown`` is 0."""
     dense = sorted((s or 0.0 for s in dense_scores), reverse=True)
     best = dense[0] if dense else 0.0
-    margin = best - dense[1] if len(dense) > 1 else best
+    margin = best - dense[1] if len(dense) > 1 else 0.0
     wanted = question_terms(question)
     top = [terms(t) for t in texts[:TOP_PASSAGES]]
     if not wanted:  # a question of stopwords only: coverage says nothing either way

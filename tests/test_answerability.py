@@ -22,7 +22,7 @@ def test_question_terms_keep_the_subject_not_the_question_words():
 def test_coverage_counts_the_question_terms_the_top_passages_hold():
     s = a.retrieval_signals("Which port does the CUPS printing system listen on?", [0.6, 0.5, 0.1], [PORTS])
     assert s.coverage_top == 1.0 and s.coverage_best == 1.0 and s.missing == ()
-    assert s.best_dense == 0.6 and s.margin == pytest.approx(0.1)
+    assert s.best_dense == 0.6 and s.margin == pytest.approx(0.1)  # reported, not a feature
 
     s = a.retrieval_signals("Which TCP port does the Prometheus node exporter listen on by default?",
                             [0.6, 0.55], [PORTS, "Unrelated text about node names."])
