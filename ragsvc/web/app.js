@@ -210,6 +210,8 @@ async function ask(event) {
   $("answer").replaceChildren();
   $("sources").replaceChildren();
   $("sources-title").hidden = true;
+  $("related").replaceChildren();
+  $("related-title").hidden = true;
   $("passage-pop").hidden = true;
   $("reasoning-panel").hidden = true;
   $("reasoning").textContent = "";
