@@ -13,6 +13,10 @@ the ones to trust. "Before" is today's rule on the same questions: flagged when 
 similarity is under ``min_relevance`` (0.35).
 
 Prints the ``WEIGHTS``/``THRESHOLD`` lines to copy into ragsvc/answerability.py, and writes the JSON.
+
+    .venv/bin/python bench/answerability_fit.py --split-eval REPORT.json... --out OUT.json
+
+breaks ``ragsvc eval`` reports (both stages, generation included) down by the same split.
 """
 
 from __future__ import annotations
@@ -64,14 +68,41 @@ def rates(flagged: list[bool], answerable: list[bool]) -> dict:
             "answerable_flagged": sum(ans) / len(ans) if ans else None, "n_answerable": len(ans)}
 
 
+def split_reports(paths: list[str], out: str) -> int:
+    """The end-to-end figures (``ragsvc eval`` reports, both stages) by the same TRAIN / HELD-OUT split."""
+    rows = [r for path in paths for r in json.loads(Path(path).read_text())["questions"] if not r.get("error")]
+    report: dict = {"reports": paths, "results": {}}
+    for split in ("train", "held_out", "all"):
+        sel = [r for r in rows if split == "all" or split_of(r["id"]) == split]
+        for src in [None] + sorted({r["source"] for r in sel}):
+            part = [r for r in sel if src is None or r["source"] == src]
+            key = split if src is None else f"{split}/{src}"
+            answerable = [r["kind"] not in KINDS_NO_ANSWER for r in part]
+            res = rates([r["abstained"] for r in part], answerable)
+            res["reasons"] = {kind: {} for kind in ("answerable", "unanswerable")}
+            for r, a in zip(part, answerable):
+                if r["abstained"]:
+                    kind = res["reasons"]["answerable" if a else "unanswerable"]
+                    kind[r.get("unanswered_reason") or "unknown"] = kind.get(r.get("unanswered_reason") or "unknown", 0) + 1
+            report["results"][key] = res
+            print(f"{key:28} unanswerable flagged {res['unanswerable_flagged']:.0%} of {res['n_unanswerable']}, "
+                  f"answerable flagged {res['answerable_flagged']:.0%} of {res['n_answerable']}; {res['reasons']}")
+    Path(out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="+")
+    ap.add_argument("--split-eval", action="store_true",
+                    help="the files are `ragsvc eval` reports (JSON): print and write their rates by split")
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--collection", default="eval")
     ap.add_argument("--min-relevance", type=float, default=0.35)
     ap.add_argument("--out", default=str(ROOT / "bench/results/answerability_fit.json"))
     args = ap.parse_args()
+    if args.split_eval:
+        return split_reports(args.files, args.out)
     questions = [q for f in args.files for q in load_questions(f)]
     service = HttpService(args.url)
     rows = []
