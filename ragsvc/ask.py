@@ -16,6 +16,7 @@ from typing import AsyncIterator, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ragsvc import answerability
 from ragsvc.citations import CitationChecker
 from ragsvc.db import Collection
 from ragsvc.embedder import Embedder
@@ -127,6 +128,15 @@ class AskService:
                     merged.append(p)
         return merged, queries
 
+    def _answerability(self, req: AskRequest, question: str, passages: list[Passage]) -> answerability.Verdict:
+        known = None
+        if self.keywords is not None and passages:
+            with self.sessions() as session:
+                known = self.keywords.present(session, self._collection_id(session, req.collection),
+                                              sorted(answerability.question_terms(question)))
+        return answerability.before_generation(question, [p.dense_score for p in passages],
+                                               [p.text for p in passages], known)
+
     # --- planning ------------------------------------------------------------------------------
     def _route(self, req: AskRequest, question: str, passages: list[Passage]) -> Route:
         if req.mode in ("on", "off"):
@@ -195,12 +205,17 @@ class AskService:
         retrieved = {"retrieved": [passage_json(i, p) for i, p in enumerate(passages, 1)]} \
             if req.include_retrieved else {}
         best = max((p.dense_score or 0.0 for p in passages), default=0.0)
-        if not passages or best < self.settings.min_relevance:
-            # Nothing relevant: say so without spending a model call.
-            result = self._final(NO_ANSWER, decision, generator.model_name, [], [], [], None,
+        # Near-topic questions the passages do not answer pass min_relevance: answerability.py decides.
+        verdict = await asyncio.to_thread(self._answerability, req, question, passages)
+        if not passages or best < self.settings.min_relevance or not verdict.answered:
+            # Nothing that answers: say so without spending a model call.
+            off_topic = not passages or best < self.settings.min_relevance
+            result = self._final(NO_ANSWER if off_topic else answerability.NOT_COVERED_ANSWER, decision,
+                                 generator.model_name, [], [], [], None,
                                  {"prompt_tokens": 0, "completion_tokens": 0, "passage_tokens": 0},
                                  {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
                                   "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False)
+            result |= _unanswered(answerability.NO_PASSAGES if off_topic else verdict.reason, passages, verdict)
             if not req.dry_run:
                 self._count(result, "auto" if req.mode == "auto" else "asked")
             yield "final", result | retrieved
@@ -221,7 +236,7 @@ class AskService:
             yield "final", self._final("", decision, generator.model_name, [], shown, [], None, usage,
                                        {"retrieve_ms": _ms(t0, t_retrieved), "generate_ms": 0.0,
                                         "total_ms": _ms(t0, time.perf_counter())}, queries, answered=False) \
-                | retrieved
+                | {"answerability": verdict.json()} | retrieved
             return
         sampling = self._sampling(profile, decision.mode, req.max_tokens, req.seed)
         splitter = ThinkSplitter()
@@ -279,6 +294,12 @@ class AskService:
             for s in sentences]
         result["unsupported_sentences"] = [s.text for s in sentences
                                            if s.is_claim and not any(c.supported for c in s.citations)]
+        verdict = answerability.after_generation(verdict, sentences)
+        result["answerability"] = verdict.json()
+        if not verdict.answered:  # what the model wrote stays readable, but is not given as the answer
+            result |= {"answer": answerability.NOT_COVERED_ANSWER, "model_answer": answer, "citations": [],
+                       "sentences": [], "unsupported_sentences": []}
+            result |= _unanswered(verdict.reason, packed.passages, verdict)
         if req.include_reasoning:
             result["reasoning"] = splitter.reasoning.strip()
         self._count(result, how)
@@ -315,8 +336,16 @@ class AskService:
                answered: bool = True) -> dict:
         # Key order is what a person reads first: the answer and its sources, the long passages last.
         return {"answer": answer, "mode": decision.mode, "mode_reason": decision.reason, "answered": answered,
-                "citations": citations, "dropped_markers": dropped, "usage": usage, "timings": timings,
+                "unanswered_reason": None, "citations": citations, "related": [], "dropped_markers": dropped,
+                "usage": usage, "timings": timings,
                 "model": model, "finish_reason": finish_reason, "queries": queries, "passages": passages}
+
+
+def _unanswered(reason: str | None, passages: list[Passage], verdict: answerability.Verdict) -> dict:
+    """The fields of a non-answer: why, and the closest passages (best first) for the reader to judge."""
+    closest = sorted(passages, key=lambda p: -(p.dense_score or 0.0))[:answerability.RELATED_COUNT]
+    return {"answered": False, "unanswered_reason": reason, "answerability": verdict.json(),
+            "related": [passage_json(i, p) for i, p in enumerate(closest, 1)]}
 
 
 def _ms(a: float, b: float) -> float:

@@ -21,6 +21,7 @@ import json
 import re
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -210,6 +211,7 @@ def score(q: Question, retrieval: dict, answer: dict, latency_ms: float) -> dict
         "citations": len(cited),
         "inferred_citations": sum(bool(c.get("inferred")) for c in answer.get("citations", [])),
         "abstained": not answer.get("answered", False),
+        "unanswered_reason": answer.get("unanswered_reason"),
         "latency_ms": round(latency_ms, 1),
         "server_total_ms": (answer.get("timings") or {}).get("total_ms"),
         "prompt_tokens": (answer.get("usage") or {}).get("prompt_tokens", 0),
@@ -239,6 +241,12 @@ def summarize(rows: list[dict]) -> dict:
     out["abstention_rate"] = mean(r["abstained"] for r in answerable)
     out["abstention_rate_unanswerable"] = mean(r["abstained"] for r in unanswerable)
     out["n_unanswerable"] = len(unanswerable)
+    # The answerability goals (issue 19): flag >= 80% of the unanswerable, wrongly flag <= 5% of the rest.
+    out["unanswerable_flagged"] = out["abstention_rate_unanswerable"]
+    out["answerable_flagged"] = out["abstention_rate"]
+    out["unanswered_reasons"] = {
+        kind: dict(sorted(Counter(r.get("unanswered_reason") or "unknown" for r in sel if r["abstained"]).items()))
+        for kind, sel in (("answerable", answerable), ("unanswerable", unanswerable))}
     out["modes"] = {m: sum(r["mode"] == m for r in ok) for m in ("off", "on")}
     out["by_mode"] = {}
     for m in ("off", "on"):
@@ -398,8 +406,8 @@ def _fmt(v, pct: bool = True) -> str:
 QUALITY = [("recall@1", "Recall@1"), ("recall@5", "Recall@5"), ("recall@10", "Recall@10"), ("mrr", "MRR"),
            ("packed_recall", "Packed recall"), ("answer_match", "Answer match"),
            ("citation_precision", "Citation precision"), ("citation_recall", "Citation recall"),
-           ("abstention_rate", "Abstained (answerable)"),
-           ("abstention_rate_unanswerable", "Abstained (unanswerable)")]
+           ("abstention_rate", "Answerable wrongly flagged (goal ≤ 5%)"),
+           ("abstention_rate_unanswerable", "Unanswerable flagged (goal ≥ 80%)")]
 
 
 def _sec(ms: float | None) -> str:
@@ -427,6 +435,11 @@ def markdown(report: dict) -> str:
         f"{g['modes']['off']} / {g['modes']['on']}" for _, g in groups) + " |")
     if report["summary"]["errors"]:
         lines.append("| Errors | " + " | ".join(str(g["errors"]) for _, g in groups) + " |")
+    reasons = report["summary"].get("unanswered_reasons") or {}
+    if any(reasons.values()):
+        lines += ["", "Why questions were not answered (`unanswered_reason`): " + "; ".join(
+            f"{kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) for kind, counts in reasons.items() if counts)
+            + "."]
     lines += ["", "Latency and tokens per mode chosen, over the answers the model generated (refusals take no model "
               "call and are left out):", "",
               "| Mode | Questions | Generated | Latency p50 | Latency p99 | Prompt tokens (mean) | "

@@ -321,6 +321,25 @@ class KeywordStore:
             "ORDER BY score DESC, chunk_id LIMIT :k"), params).all()
         return [(int(cid), float(score)) for cid, score in found if score > 0]
 
+    def present(self, session: Session, collection_id: str, stems: list[str]) -> set[str]:
+        """Which of ``stems`` begin a word anywhere in the collection (answerability: a question term the
+        collection never uses is strong evidence that it does not answer). One indexed lookup per stem."""
+        found: set[str] = set()
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        for stem in stems[:MAX_TERMS]:
+            if not stem.isascii() or not stem.isalnum():  # only plain words reach the query languages
+                continue
+            if sqlite:  # a quoted string then `*`: a prefix query; the collection id is hex
+                row = session.execute(text(f"SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q LIMIT 1"),
+                                      {"q": f'collection_id : "{collection_id}" AND body : "{stem}" *'}).first()
+            else:
+                row = session.execute(text(f"SELECT 1 FROM {PG_TABLE} WHERE collection_id = :c "
+                                           "AND tsv @@ to_tsquery('simple', :t) LIMIT 1"),
+                                      {"c": collection_id, "t": f"{stem}:*"}).first()
+            if row is not None:
+                found.add(stem)
+        return found
+
     def search(self, session: Session, collection_id: str, query: str, k: int) -> list[tuple[int, float]]:
         """Top-``k`` (chunk id, score > 0) pairs, best first. Only ready documents have entries."""
         terms = query_terms(query)

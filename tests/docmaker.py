@@ -12,6 +12,9 @@ FACT_PAGES = [
     "Food and culture. The chef Amira Solberg opened her first restaurant in Bergen in 2004. "
     "Her menu is known for smoked trout.",
 ]
+# On the subject of FACT_PAGES (the harbour's reactor), close enough to pass min_relevance, but the pages
+# never say who supplies its fuel: the service must say that the documents do not cover it.
+NEAR_TOPIC_UNANSWERED = "Which company supplies the uranium fuel for the Zorblax reactor?"
 
 
 def make_pdf(pages: list[str], password: str | None = None) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.docmaker import FACT_PAGES, MARKDOWN_DOC, TEXT_DOC, make_docx, make_pdf
+from tests.docmaker import FACT_PAGES, MARKDOWN_DOC, NEAR_TOPIC_UNANSWERED, TEXT_DOC, make_docx, make_pdf
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +140,26 @@ def test_off_topic_question_is_answered_without_the_model(service, facts_pdf):
     body = service.client.post("/v1/ask", json={"question": "Who painted The Night Watch?"}).json()
     assert body["answered"] is False and "do not contain" in body["answer"]
     assert body["usage"]["completion_tokens"] == 0 and body["citations"] == []
+
+
+def test_near_topic_question_the_document_does_not_answer_gets_related_passages(service, facts_pdf):
+    body = service.client.post("/v1/ask", json={"question": NEAR_TOPIC_UNANSWERED}).json()
+    signals = body["answerability"]
+    assert signals["best_dense"] >= 0.35  # on topic enough for the old relevance threshold to let it through
+    assert body["answered"] is False, body
+    assert body["unanswered_reason"] in ("not_covered", "model_declined", "unsupported_answer")
+    assert "do not cover" in body["answer"] and body["citations"] == []
+    # The closest passages are shown, best first, and the reactor's page is among them.
+    related = body["related"]
+    assert related and [r["dense_score"] for r in related] == sorted((r["dense_score"] for r in related), reverse=True)
+    assert any(r["document_id"] == facts_pdf["id"] and "Zorblax" in r["text"] for r in related)
+    assert "uranium" in signals["missing"] and signals["covered"] < signals["threshold"]
+
+    # An answerable question on the same page still answers, with no related list and no reason.
+    body = service.client.post("/v1/ask", json={"question": "Where was the Zorblax reactor built?"}).json()
+    assert body["answered"] is True and body["unanswered_reason"] is None and body["related"] == [], body
+    assert body["answerability"]["covered"] >= body["answerability"]["threshold"]
+    assert any(c["page"] == 1 and "Oslo" in c["text"] for c in body["citations"]), body
 
 
 def test_auto_routes_multi_hop_to_reasoning_and_retrieves_both_hops(service, facts_pdf):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ragsvc.evaluation import (
-    KS, Question, QuestionFileError, answer_match, citation_precision, citation_recall, load_questions,
+    KS, Question, QuestionFileError, answer_match, citation_precision, citation_recall, load_questions, markdown,
     normalize_answer, packed_recall, percentile, recall_at_k, reciprocal_rank, score, summarize,
 )
 from tests.conftest import RAGSVC, ROOT
@@ -101,7 +101,8 @@ def test_score_and_summary_with_abstention_modes_and_tokens():
                _response("In 1932 [1].", True, "off", ["opened in 1932"], [1], 1000, 10), 1000)
     r2 = score(q2, {"retrieved": [{"text": t} for t in RANKED]},
                _response("Blue [1][2].", True, "on", ["painted red", "nothing"], [1, 2], 3000, 30), 3000)
-    r3 = score(q3, {"retrieved": []}, _response("not covered", False, "off", [], [], 50, 0), 50)
+    r3 = score(q3, {"retrieved": []}, _response("not covered", False, "off", [], [], 50, 0)
+               | {"unanswered_reason": "not_covered"}, 50)
     assert (r1["recall@1"], r1["rr"], r1["packed_recall"], r1["answer_match"]) == (0.0, pytest.approx(1 / 3), 1.0, True)
     assert (r1["citation_precision"], r1["citation_recall"]) == (1.0, 1.0)
     assert (r2["recall@1"], r2["recall@5"], r2["packed_recall"], r2["answer_match"]) == (0.5, 1.0, 0.5, False)
@@ -112,6 +113,10 @@ def test_score_and_summary_with_abstention_modes_and_tokens():
     assert s["packed_recall"] == 0.75 and s["answer_match"] == 0.5 and s["n_answerable"] == 2
     assert s["citation_precision"] == 0.75 and s["citation_recall"] == 1.0
     assert s["abstention_rate"] == 0.0 and s["abstention_rate_unanswerable"] == 1.0
+    assert s["answerable_flagged"] == 0.0 and s["unanswerable_flagged"] == 1.0
+    assert s["unanswered_reasons"] == {"answerable": {}, "unanswerable": {"not_covered": 1}}
+    assert "| Unanswerable flagged (goal ≥ 80%) |" in markdown({"meta": {"model": "m", "collection": "c",
+        "mode": "auto", "date": "d"}, "summary": s, "by_kind": {}, "by_source": {}})
     assert s["modes"] == {"off": 2, "on": 1}
     off = s["by_mode"]["off"]
     # The refusal took no model call: counted as a question in `off` mode, left out of latency and tokens.

@@ -90,6 +90,19 @@ def test_found_the_moment_ready_and_gone_the_moment_deleted(world):
     assert w.search("a", "harbour crane")  # the other document is untouched
 
 
+def test_present_names_the_word_stems_a_collection_uses(world):
+    """Answerability's collection-wide lookup: prefix matches, per collection, hostile stems refused."""
+    w = world
+    w.ingest("a", "pumps.txt", "The bilge pumps start when the float switch rises.")
+    w.ingest("b", "exporter.txt", "The Prometheus exporter listens on port 9100.")
+    with w.sessions() as s:
+        got = KS.present(s, w.coll("a"), ["bilge", "pump", "switch", "prometheu", "exporter", "ris"])
+        assert got == {"bilge", "pump", "switch", "ris"}  # "pump" begins "pumps"; b's words stay in b
+        assert KS.present(s, w.coll("b"), ["prometheu", "bilge"]) == {"prometheu"}
+        # Only plain ASCII words reach FTS5 / to_tsquery; anything else is skipped, never an error.
+        assert KS.present(s, w.coll("a"), ['"', "pump*", "pump:*", "a b", "\x00", "日本", ""]) == set()
+
+
 def test_heading_path_is_searchable_and_a_new_version_replaces_the_old(world):
     w = world
     old = w.ingest("a", "manual.md", "# Quarterdeck procedures\n\nCoil every line before leaving the deck.\n")

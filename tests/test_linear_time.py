@@ -25,7 +25,8 @@ import httpx
 import pytest
 
 from ingest import chunker, office, parsers
-from ragsvc import citations, evaluation, filetypes, loop_guard, multihop, prompts, router, scaffold, think
+from ragsvc import (answerability, citations, evaluation, filetypes, loop_guard, multihop, prompts, router, scaffold,
+                    think)
 from ragsvc.errors import ParseError
 from tests.conftest import start_service, stop_service
 
@@ -119,6 +120,11 @@ CASES = [
      lambda n: "a" + "." * n + "x", 2000),
     ("citation markers, unclosed lists", citations.parse_markers, lambda n: "[1" + ", 1" * n, 5000),  # guard
     ("citation sentences", citations.split_sentences, lambda n: ". [1]" * n, 2000),  # guard
+    ("answerability, refusal windows over many negations", answerability.declines,
+     lambda n: "not the documents " * n, 500),  # guard (new code)
+    ("answerability, apostrophe runs", answerability.question_terms, lambda n: "a'" * n + "x", 5000),  # guard
+    ("answerability, term coverage", lambda t: answerability.retrieval_signals(t, [0.5, 0.4], [t, t]),
+     lambda n: "exporter ports " * n, 500),  # guard (new code)
     ("answer normalisation", evaluation.normalize_answer, lambda n: "[1" + "; 1" * n + " x", 5000),  # guard
     ("think tags, open and close pairs", think.split_reasoning, lambda n: "<think></think>" * n, 20000),
     ("think tags, stray close tags", think.split_reasoning, lambda n: "</think>" * n, 3000),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.docmaker import FACT_PAGES, make_pdf
+from tests.docmaker import FACT_PAGES, NEAR_TOPIC_UNANSWERED, make_pdf
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,14 @@ def test_chat_completion_streams(oa):
         citations = (chunk.model_extra or {}).get("citations", citations)
     text = "".join(parts)
     assert finish == "stop" and "Sources:" in text and citations
+
+
+def test_chat_completion_says_when_the_documents_do_not_cover_it(oa):
+    r = oa.chat.completions.create(model="ragsvc", messages=[{"role": "user", "content": NEAR_TOPIC_UNANSWERED}])
+    content = r.choices[0].message.content
+    assert "do not cover" in content and "Closest passages" in content and "harbour-facts.pdf" in content
+    assert "Sources:" not in content and r.model_extra["citations"] == []
+    assert r.model_extra["ragsvc"]["answered"] is False and r.model_extra["ragsvc"]["related"]
 
 
 def test_chat_completion_errors_are_api_errors(oa):

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.conftest import ROOT, start_service, stop_service
-from tests.docmaker import FACT_PAGES, make_pdf
+from tests.docmaker import FACT_PAGES, NEAR_TOPIC_UNANSWERED, make_pdf
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -73,6 +73,16 @@ def test_upload_ask_stream_and_open_a_citation(service, page, tmp_path):
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     page.screenshot(path=str(artifacts / "web-answer.png"), full_page=True)
+
+    # A question the document does not answer: said plainly, no sources, the closest passages listed.
+    page.fill("#question", NEAR_TOPIC_UNANSWERED)
+    page.click("#ask-button")
+    expect(page.locator("#answer")).to_contain_text("do not cover", timeout=300_000)
+    expect(page.locator("#related li").first).to_be_visible()
+    expect(page.locator("#related")).to_contain_text("harbour-web.pdf")
+    expect(page.locator("#related")).to_contain_text("Zorblax")
+    assert page.locator("#sources li").count() == 0 and page.locator("#sources-title").is_hidden()
+    page.screenshot(path=str(artifacts / "web-not-covered.png"), full_page=True)
     assert external == []
 
 

@@ -12,7 +12,8 @@ questions need plus a deterministic random sample (seed 0) of others, 300 in all
 ``verify`` parses and chunks each file exactly as the ingestion pipeline does (content-based file type,
 ``ingest.parsers.parse``, the ``Chunker`` at the default chunk size) and checks that each evidence string
 of ``bench/eval/*.jsonl`` lies inside one chunk after whitespace normalisation (what ``ragsvc eval``
-matches), and that no question is copied from a section heading. Exit status 1 names what fails.
+matches), that no question is copied from a section heading, and that none of the words an unanswerable
+question's note lists as absent ("absent: a; b") occurs in any chunk. Exit status 1 names what fails.
 """
 
 from __future__ import annotations
@@ -115,6 +116,17 @@ def verify(folder: Path, question_files: list[Path]) -> int:
             bare = normalize_answer(q.question)
             if any(bare in h or (len(h) > 30 and h in bare) for h in headings):
                 failures.append(f"{qf.name} {q.id}: the question copies a heading")
+        # Unanswerable questions name the words their answer would need ("absent: a; b" in the note):
+        # none may occur in any chunk, so the corpus really does not answer them.
+        lowered = [t.lower() for t in flat]
+        for line in qf.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            note = row.get("note", "")
+            if row.get("kind") == "unanswerable" and "absent: " in note:
+                for word in note.split("absent: ", 1)[1].split("; "):
+                    hits = {chunks[i][0] for i, t in enumerate(lowered) if word.lower() in t}
+                    if hits:
+                        failures.append(f"{qf.name} {row['id']}: {word!r} is in {sorted(hits)[:3]}")
     for f in failures:
         print(f, file=sys.stderr)
     print(f"{total} questions, {len(chunks)} chunks: {len(failures)} problems")

@@ -74,6 +74,15 @@ def finish_reason(result: dict) -> str:
     return reason if reason in ("length", "repetition") else "stop"
 
 
+def related_text(result: dict) -> str:
+    """For a non-answer: the closest passages, named as not answering (a chat client shows text only)."""
+    related = result.get("related") or []
+    if result.get("answered") or not related:
+        return ""
+    lines = [f"- {r['filename']}" + (f", page {r['page']}" if r.get("page") else "") for r in related]
+    return "\n\nClosest passages (they do not answer the question):\n" + "\n".join(lines)
+
+
 def _request(body: dict, principal: Principal) -> AskRequest:
     if not isinstance(body, dict):
         raise InvalidInput("The request body must be a JSON object.")
@@ -141,7 +150,7 @@ async def chat_completions(request: Request, asker: AskService, principal: Princ
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "finish_reason": finish_reason(result),
                          "message": {"role": "assistant",
-                                     "content": result["answer"] + sources_text(result["citations"])}}],
+                                     "content": result["answer"] + sources_text(result["citations"]) + related_text(result)}}],
             "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
                       "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
             "citations": result["citations"], "ragsvc": result,
@@ -158,14 +167,18 @@ def _chunk(cid: str, created: int, model: str, delta: dict, finish: str | None =
 
 async def _stream(asker: AskService, req: AskRequest, cid: str, created: int, model: str):
     yield ServerSentEventMessage(data=_chunk(cid, created, model, {"role": "assistant", "content": ""}))
+    streamed = False
     try:
         async for event, data in asker.events(req):
             if event == "answer":
+                streamed = True
                 yield ServerSentEventMessage(data=_chunk(cid, created, model, {"content": data["delta"]}))
             elif event == "final":
                 tail = sources_text(data["citations"])
                 if not data["answered"]:
-                    tail = data["answer"]  # nothing was streamed: the whole (no-)answer goes here
+                    # The whole non-answer goes here; when the model's text was streamed first and then judged
+                    # not to answer (answerability.py), the verdict follows it as its own paragraph.
+                    tail = ("\n\n" if streamed else "") + data["answer"] + related_text(data)
                 yield ServerSentEventMessage(data=_chunk(
                     cid, created, model, {"content": tail}, finish_reason(data), citations=data["citations"],
                     ragsvc=data))

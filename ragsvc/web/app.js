@@ -182,6 +182,15 @@ function renderAnswer(final) {
     return li;
   }));
   $("sources-title").hidden = final.citations.length === 0;
+  // A non-answer lists the closest passages instead, so a person can judge what the documents do say.
+  const related = final.answered ? [] : (final.related || []);
+  $("related").replaceChildren(...related.map((r) => {
+    const li = el("li");
+    li.append(el("strong", { text: r.filename }), r.page ? `, page ${r.page}` : "",
+              el("div", { class: "snippet", text: r.text.length > 300 ? `${r.text.slice(0, 300)}…` : r.text }));
+    return li;
+  }));
+  $("related-title").hidden = related.length === 0;
   const t = final.timings;
   $("stats").textContent = `${final.model} · ${final.usage.prompt_tokens} prompt + ${final.usage.completion_tokens} ` +
     `completion tokens · ${(t.total_ms / 1000).toFixed(1)} s` + (t.first_token_ms ? ` · first token ${(t.first_token_ms / 1000).toFixed(2)} s` : "");
@@ -202,6 +211,8 @@ async function ask(event) {
   $("answer").replaceChildren();
   $("sources").replaceChildren();
   $("sources-title").hidden = true;
+  $("related").replaceChildren();
+  $("related-title").hidden = true;
   $("passage-pop").hidden = true;
   $("reasoning-panel").hidden = true;
   $("reasoning").textContent = "";
