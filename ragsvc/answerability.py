@@ -168,9 +168,10 @@ class Verdict:
     covered: float  # P(covered) from the retrieval signals
     retrieval: RetrievalSignals
     answer: AnswerSignals | None = None
+    threshold: float = THRESHOLD  # the one stage 1 applied
 
     def json(self) -> dict:
-        out = {"covered": round(self.covered, 4), "threshold": THRESHOLD,
+        out = {"covered": round(self.covered, 4), "threshold": self.threshold,
                **{k: (round(v, 4) if isinstance(v, float) else list(v) if isinstance(v, tuple) else v)
                   for k, v in asdict(self.retrieval).items()}}
         if self.answer is not None:
@@ -179,11 +180,12 @@ class Verdict:
 
 
 def before_generation(question: str, dense_scores: Sequence[float | None], texts: Sequence[str],
-                      known: set[str] | None = None) -> Verdict:
-    """Stage 1: retrieval signals only; a non-answer here costs no model call."""
+                      known: set[str] | None = None, threshold: float = THRESHOLD) -> Verdict:
+    """Stage 1: retrieval signals only; a non-answer here costs no model call. ``threshold``:
+    ``RAGSVC_ANSWERABILITY_THRESHOLD`` (0: this stage never refuses)."""
     signals = retrieval_signals(question, dense_scores, texts, known)
     p = covered_probability(signals)
-    return Verdict(p >= THRESHOLD, None if p >= THRESHOLD else NOT_COVERED, p, signals)
+    return Verdict(p >= threshold, None if p >= threshold else NOT_COVERED, p, signals, threshold=threshold)
 
 
 def after_generation(first: Verdict, sentences: Iterable) -> Verdict:
@@ -194,4 +196,4 @@ def after_generation(first: Verdict, sentences: Iterable) -> Verdict:
         reason = MODEL_DECLINED
     elif a.claims > 0 and a.supported_claims == 0:
         reason = UNSUPPORTED
-    return Verdict(reason is None, reason, first.covered, first.retrieval, a)
+    return Verdict(reason is None, reason, first.covered, first.retrieval, a, first.threshold)

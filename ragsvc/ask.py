@@ -135,7 +135,8 @@ class AskService:
                 known = self.keywords.present(session, self._collection_id(session, req.collection),
                                               sorted(answerability.question_terms(question)))
         return answerability.before_generation(question, [p.dense_score for p in passages],
-                                               [p.text for p in passages], known)
+                                               [p.text for p in passages], known,
+                                               self.settings.answerability_threshold)
 
     # --- planning ------------------------------------------------------------------------------
     def _route(self, req: AskRequest, question: str, passages: list[Passage]) -> Route:

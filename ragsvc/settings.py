@@ -216,6 +216,13 @@ class Settings(BaseSettings):
         True, description="Skip vLLM's CUDA-graph/torch.compile warm-up (starts in ~30 s instead of ~110 s on CPU)."
     )
     llm_gpu_memory_utilization: float = Field(0.85, description="Share of GPU memory vLLM may take (GPU only).")
+    answerability_threshold: float = Field(
+        0.304, ge=0.0, le=1.0,
+        description="Before generating, a question whose estimated chance of being covered by the retrieved "
+        "passages (ragsvc/answerability.py) is under this gets `answered: false` and related passages; "
+        "the default was fitted to wrongly refuse at most 5% of answerable training questions. Lower it "
+        "to refuse less; 0 leaves only the relevance floor and the check of the model's own answer."
+    )
     answer_hygiene: bool = Field(
         True, description="Stop an answer that starts repeating itself (`finish_reason: repetition`) and cut "
         "echoed prompt scaffolding (the question, its labels, passage tags) from it; `false`: the model's raw text."
