@@ -120,6 +120,7 @@ CASES = [
      lambda n: "a" + "." * n + "x", 2000),
     ("citation markers, unclosed lists", citations.parse_markers, lambda n: "[1" + ", 1" * n, 5000),  # guard
     ("citation sentences", citations.split_sentences, lambda n: ". [1]" * n, 2000),  # guard
+    ("citation content words", citations.content_words, lambda n: "a" * n + " b1-" * n, 20000),  # guard
     ("answerability, refusal windows over many negations", answerability.declines,
      lambda n: "not the documents " * n, 500),  # guard (new code)
     ("answerability, apostrophe runs", answerability.question_terms, lambda n: "a'" * n + "x", 5000),  # guard
