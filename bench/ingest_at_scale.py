@@ -29,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from sqlalchemy import func, insert, select, text  # noqa: E402
 
@@ -41,11 +42,10 @@ from ragsvc.embedder import make_embedder  # noqa: E402
 from ragsvc.index_store import IndexStore  # noqa: E402
 from ragsvc.keyword_index import FTS_TABLE, PG_TABLE  # noqa: E402
 from ragsvc.settings import Settings  # noqa: E402
+from workers_throughput import note  # noqa: E402 - the same small notes as the workers benchmark
 
 # A Zipf-like vocabulary, so the keyword index has long and short posting lists as real text does.
 VOCAB = [f"w{i}" for i in range(20_000)]
-WORDS = ("harbour crane ferry lighthouse tide pier anchor rope gull kestrel heron otter salmon trout net "
-         "buoy chart compass mast sail keel hull deck cabin galley").split()
 PER_DOC = 200
 DIM = 384
 
@@ -88,16 +88,6 @@ def build_big(sessions, store: IndexStore, coll_id: str, n: int, dialect: str) -
         with sessions() as s, s.begin():
             s.execute(text("SELECT setval(pg_get_serial_sequence('chunks', 'id'), :v)"), {"v": next_id})
     store.compact_all()
-
-
-def note(i: int) -> bytes:
-    parts = [f"# Logbook {i}\n"]
-    for h in range(3):
-        parts.append(f"\n## Watch {h}\n\n")
-        parts.append(" ".join(
-            f"At {(i + s) % 24} hours the {WORDS[(i * 7 + s + h) % len(WORDS)]} passed the "
-            f"{WORDS[(i + 3 * s + h) % len(WORDS)]} with {(i * s + h) % 97} tonnes aboard." for s in range(14)))
-    return "".join(parts).encode()
 
 
 def main() -> None:
